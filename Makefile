@@ -1,0 +1,43 @@
+# Everything a newcomer needs: `make demo`, `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS ?= dev,postgres,mysql,agents,openai
+
+.PHONY: install demo test lint types docs pytest bench bench-smoke soak clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/lattice demo
+
+lint: install
+	$(BIN)/ruff check $(wildcard src tests benchmarks migrations)
+
+types: install
+	$(BIN)/mypy
+
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
+
+pytest: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint types docs pytest
+
+bench: install
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+soak: install
+	LATTICE_SOAK=1 $(BIN)/pytest tests/test_load.py $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist site .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,57 @@
+"""Lattice: durable conversation memory for AI agents, on async SQLAlchemy.
+
+The public names::
+
+    from lattice import (
+        Session, SessionABC, SessionSettings,
+        SQLAlchemySession, SQLiteSession,
+        OpenAIConversationsSession,
+        SessionStore,
+    )
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .engines import dispose_engines
+from .errors import LatticeError, WriteOutcomeUnknownError
+from .protocol import Session, SessionABC, SessionSettings
+from .sqlalchemy_session import SQLAlchemySession
+from .sqlite_session import SQLiteSession
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = [
+    "LatticeError",
+    "OpenAIConversationsSession",
+    "SQLAlchemySession",
+    "SQLiteSession",
+    "Session",
+    "SessionABC",
+    "SessionSettings",
+    "SessionStore",
+    "WriteOutcomeUnknownError",
+    "dispose_engines",
+]
+
+__version__ = "0.1.0"
+
+# Names whose modules are imported on first use: the OpenAI client is an
+# optional extra, and the store pulls in more than a session needs.
+_LAZY = {
+    "OpenAIConversationsSession": ".openai_conversations",
+    "SessionStore": ".store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'lattice' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module_name, __name__), name)
+    globals()[name] = value
+    return value

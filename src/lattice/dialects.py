@@ -1,0 +1,194 @@
+"""Every statement a session runs, built once per (tables, dialect).
+
+Backends never write dialect SQL: they ask :func:`statements` for the
+prepared statements of their tables and the engine's dialect, and execute
+them with bound parameters. Building them once keeps table and statement
+construction off the hot path and lets SQLAlchemy's compiled-statement cache
+hit on every call.
+
+The write path, and why it is safe under concurrency:
+
+* Every mutation of a session starts by writing that session's row
+  (``upsert_session`` for appends, ``lock_session_*`` for pops and clears).
+  On PostgreSQL and MySQL that takes the row lock, so writers of one session
+  run one after another and each batch lands contiguous and in commit order.
+  On SQLite the first write takes the database's write lock, which does the
+  same. An upsert (``ON CONFLICT`` / ``ON DUPLICATE KEY``) rather than
+  check-then-insert means no failed statement on the common path and none of
+  the gap-lock deadlocks MySQL gives check-then-insert.
+* The same statement pushes the write's token onto ``write_tokens``; after a
+  lost COMMIT reply the session reads the tokens back (under the row lock)
+  to learn whether its transaction committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Delete, Dialect, Insert, Select, Update, bindparam, delete, select, update
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.expression import ColumnElement, func
+
+from .schema import WRITE_TOKEN_LENGTH, WRITE_TOKENS_KEPT, LatticeTables
+
+__all__ = ["Statements", "is_mysql", "is_transient_conflict", "statements"]
+
+_MYSQL = ("mysql", "mariadb")
+
+
+def is_mysql(dialect: Dialect) -> bool:
+    """True for MySQL and MariaDB (SQLAlchemy names either dialect ``mysql``)."""
+    return dialect.name in _MYSQL
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The prepared statements of one pair of tables on one dialect.
+
+    Bound parameter names: ``sid`` (session id), ``now`` (UTC datetime),
+    ``n`` (item count delta), ``token`` (write token), ``data`` (item JSON),
+    ``lim`` (row limit), ``mid`` (message id).
+    """
+
+    upsert_session: Insert
+    lock_session_clear: Update
+    lock_session_pop: Update
+    insert_message: Insert
+    insert_message_with_id: Insert
+    select_all: Select[Any]
+    select_latest: Select[Any]
+    select_newest: Select[Any]
+    delete_newest_returning: Any  # a DELETE ... RETURNING, or None
+    delete_by_id: Delete
+    delete_all: Delete
+    read_tokens: Select[Any]
+
+
+def _pushed_tokens(current: ColumnElement[str]) -> ColumnElement[str]:
+    """``write_tokens`` with this write's token in front, oldest dropped."""
+    kept = WRITE_TOKEN_LENGTH * (WRITE_TOKENS_KEPT - 1)
+    # String concatenation compiles to || on PostgreSQL/SQLite and concat() on MySQL.
+    return bindparam("token", type_=current.type) + func.substr(current, 1, kept)
+
+
+def _upsert_session(tables: LatticeTables, dialect: Dialect) -> Insert:
+    s = tables.sessions
+    values: dict[str, Any] = {
+        "session_id": bindparam("sid"),
+        "created_at": bindparam("now"),
+        "updated_at": bindparam("now"),
+        "item_count": bindparam("n"),
+        "write_tokens": bindparam("token"),
+    }
+    if is_mysql(dialect):
+        my = mysql.insert(s).values(values)
+        return my.on_duplicate_key_update(
+            # Assignments run left to right and see earlier ones; none depends on another.
+            updated_at=my.inserted.updated_at,
+            item_count=s.c.item_count + my.inserted.item_count,
+            write_tokens=_pushed_tokens(s.c.write_tokens),
+        )
+    module: Any = postgresql if dialect.name == "postgresql" else sqlite
+    if module is sqlite and dialect.name != "sqlite":
+        raise NotImplementedError(
+            f"Lattice supports SQLite, PostgreSQL and MySQL/MariaDB, not {dialect.name!r}"
+        )
+    ins = module.insert(s).values(values)
+    return ins.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=[s.c.session_id],
+        set_={
+            "updated_at": ins.excluded.updated_at,
+            "item_count": s.c.item_count + ins.excluded.item_count,
+            "write_tokens": _pushed_tokens(s.c.write_tokens),
+        },
+    )
+
+
+@lru_cache(maxsize=64)
+def _statements(tables: LatticeTables, dialect_name: str, dialect: Dialect) -> Statements:
+    s, m = tables.sessions, tables.messages
+    this_session = s.c.session_id == bindparam("sid")
+    its_messages = m.c.session_id == bindparam("sid")
+    newest_id = (
+        select(m.c.id).where(its_messages).order_by(m.c.id.desc()).limit(1).scalar_subquery()
+    )
+    delete_newest_returning: Any = None
+    # DELETE ... RETURNING takes the newest row in one statement where the
+    # dialect has it (PostgreSQL, SQLite >= 3.35). MySQL 8 has no RETURNING on
+    # DELETE (MariaDB's is MariaDB-only SQL), and MySQL refuses a subquery on
+    # the table being deleted from, so there it is SELECT then DELETE by key;
+    # the session row lock taken first keeps that pair atomic for other writers.
+    if dialect.delete_returning and not is_mysql(dialect):
+        delete_newest_returning = (
+            delete(m).where(m.c.id == newest_id).returning(m.c.id, m.c.message_data)
+        )
+    return Statements(
+        upsert_session=_upsert_session(tables, dialect),
+        lock_session_clear=(
+            update(s)
+            .where(this_session)
+            .values(
+                updated_at=bindparam("now"),
+                item_count=0,
+                write_tokens=_pushed_tokens(s.c.write_tokens),
+            )
+        ),
+        # A pop decrements the count up front and rolls back if it finds nothing.
+        lock_session_pop=(
+            update(s)
+            .where(this_session)
+            .values(
+                updated_at=bindparam("now"),
+                item_count=s.c.item_count - 1,
+                write_tokens=_pushed_tokens(s.c.write_tokens),
+            )
+        ),
+        insert_message=m.insert().values(
+            session_id=bindparam("sid"), message_data=bindparam("data"), created_at=bindparam("now")
+        ),
+        insert_message_with_id=m.insert().values(
+            id=bindparam("mid"),
+            session_id=bindparam("sid"),
+            message_data=bindparam("data"),
+            created_at=bindparam("now"),
+        ),
+        select_all=select(m.c.message_data).where(its_messages).order_by(m.c.id),
+        select_latest=(
+            select(m.c.message_data)
+            .where(its_messages)
+            .order_by(m.c.id.desc())
+            .limit(bindparam("lim", type_=m.c.id.type))
+        ),
+        select_newest=(
+            select(m.c.id, m.c.message_data).where(its_messages).order_by(m.c.id.desc()).limit(1)
+        ),
+        delete_newest_returning=delete_newest_returning,
+        delete_by_id=delete(m).where(m.c.id == bindparam("mid")),
+        delete_all=delete(m).where(its_messages),
+        read_tokens=select(s.c.write_tokens).where(this_session).with_for_update(),
+    )
+
+
+def statements(tables: LatticeTables, dialect: Dialect) -> Statements:
+    """The statements for ``tables`` on ``dialect`` (cached)."""
+    return _statements(tables, dialect.name, dialect)
+
+
+# Errors after which the whole transaction was rolled back by the server and
+# may simply run again: MySQL deadlock (1213) and lock wait timeout (1205);
+# PostgreSQL serialization failure (40001) and deadlock (40P01).
+_MYSQL_RETRY_CODES = frozenset({1205, 1213})
+_PG_RETRY_STATES = frozenset({"40001", "40P01"})
+
+
+def is_transient_conflict(exc: DBAPIError) -> bool:
+    """True when the server rolled the transaction back and a rerun is safe."""
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if state in _PG_RETRY_STATES:
+        return True
+    args: Any = getattr(orig, "args", ())
+    return bool(args) and isinstance(args[0], int) and args[0] in _MYSQL_RETRY_CODES

@@ -1,0 +1,231 @@
+"""Engines: one shared engine per (URL, options, event loop), and per-engine state.
+
+Who owns what:
+
+* An engine you pass in (``SQLAlchemySession(..., engine=e)``,
+  ``SessionStore(e)``) is yours. Lattice never disposes it.
+* An engine Lattice makes from a URL (``from_url``) is shared by every
+  session and store of the process that asks for the same URL and engine
+  options on the same event loop, so a thousand sessions use one pool.
+  ``await lattice.dispose_engines()`` closes them at shutdown; a loop that
+  ends drops its engines with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "dispose_engines",
+    "engine_state",
+    "make_engine",
+    "normalize_url",
+    "shared_engine",
+]
+
+#: How long a SQLite connection waits for another writer before "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+# Plain URLs are accepted for convenience and mapped to the async driver
+# Lattice installs for that database.
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "mysql": "mysql+aiomysql",
+    "mariadb": "mysql+aiomysql",
+}
+# Which extra installs each driver.
+_DRIVER_EXTRAS = {
+    "asyncpg": "postgres",
+    "aiomysql": "mysql",
+    "aiosqlite": "sqlite",
+}
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse ``url``, mapping a driverless URL to Lattice's async driver.
+
+    Raises:
+        ValueError: the URL cannot be parsed.
+    """
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError as exc:
+        raise ValueError(f"not a database URL: {url!r}") from exc
+    driver = _ASYNC_DRIVERS.get(parsed.drivername)
+    return parsed.set(drivername=driver) if driver else parsed
+
+
+def is_sqlite_memory(url: URL) -> bool:
+    """True for an in-memory SQLite database URL."""
+    database = url.database or ""
+    return url.get_backend_name() == "sqlite" and (
+        database in ("", ":memory:") or "mode=memory" in database
+    )
+
+
+def _configure_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if wal:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                # WAL with synchronous=NORMAL is durable across application
+                # crashes; a power loss may drop the last commits.
+                cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+
+def make_engine(url: str | URL, **engine_kwargs: Any) -> AsyncEngine:
+    """Create a new engine with Lattice's settings for its database.
+
+    SQLite files get WAL mode, a busy timeout and foreign keys; in-memory
+    SQLite gets one connection (``StaticPool``) so every call sees the same
+    database. A missing driver raises ``ImportError`` naming the extra to install.
+    """
+    parsed = normalize_url(url)
+    kwargs = dict(engine_kwargs)
+    backend = parsed.get_backend_name()
+    memory = is_sqlite_memory(parsed)
+    if memory:
+        kwargs.setdefault("poolclass", StaticPool)
+        connect_args = dict(kwargs.get("connect_args") or {})
+        connect_args.setdefault("check_same_thread", False)
+        kwargs["connect_args"] = connect_args
+    if backend == "mysql":
+        # MySQL closes idle connections after wait_timeout (8 h by default).
+        kwargs.setdefault("pool_recycle", 3600)
+    try:
+        engine = create_async_engine(parsed, **kwargs)
+    except (ModuleNotFoundError, NoSuchModuleError) as exc:
+        driver = parsed.get_driver_name()
+        extra = _DRIVER_EXTRAS.get(driver)
+        hint = f"pip install 'lattice-sessions[{extra}]'" if extra else f"install {driver}"
+        raise ImportError(
+            f"the database driver {driver!r} for {parsed.drivername}:// URLs is not installed; "
+            f"{hint}"
+        ) from exc
+    if backend == "sqlite":
+        _configure_sqlite(engine, wal=not memory)
+    return engine
+
+
+def _options_key(engine_kwargs: dict[str, Any]) -> str:
+    return repr(sorted(engine_kwargs.items(), key=lambda kv: kv[0]))
+
+
+# loop -> {(url, options): engine}. A loop that goes away takes its engines along.
+_EngineMap = dict[tuple[str, str], AsyncEngine]
+_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _EngineMap] = (
+    weakref.WeakKeyDictionary()
+)
+# Engines made while no loop runs (a session built in synchronous code, used later).
+_LOOPLESS: _EngineMap = {}
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def shared_engine(url: str | URL, engine_kwargs: dict[str, Any] | None = None) -> AsyncEngine:
+    """Return the process's shared engine for ``url`` and options on the running loop.
+
+    In-memory SQLite URLs are not shared: each would be a separate database
+    anyway, so every call gets a new engine.
+    """
+    parsed = normalize_url(url)
+    kwargs = engine_kwargs or {}
+    if is_sqlite_memory(parsed):
+        return make_engine(parsed, **kwargs)
+    key = (parsed.render_as_string(hide_password=False), _options_key(kwargs))
+    loop = _running_loop()
+    engines = _LOOPLESS if loop is None else _SHARED.setdefault(loop, {})
+    engine = engines.get(key)
+    if engine is None:
+        engine = engines[key] = make_engine(parsed, **kwargs)
+    return engine
+
+
+async def dispose_engines() -> None:
+    """Dispose of every engine Lattice shared from a URL on this event loop.
+
+    Engines passed in by the application are never touched. Call it at
+    shutdown, from the loop that used the sessions.
+    """
+    loop = _running_loop()
+    engines = list(_LOOPLESS.values())
+    _LOOPLESS.clear()
+    if loop is not None:
+        engines += list(_SHARED.pop(loop, {}).values())
+    for engine in engines:
+        await engine.dispose()
+
+
+@dataclass
+class EngineState:
+    """What Lattice remembers about one engine: created tables, locks."""
+
+    created: set[Any] = field(default_factory=set)
+    max_packet: int | None = None
+    # One lock per loop: asyncio locks belong to the loop they first wait on.
+    _create_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
+    _use_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+
+    def create_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        lock = self._create_locks.get(loop)
+        if lock is None:
+            lock = self._create_locks[loop] = asyncio.Lock()
+        return lock
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Serialise use of an engine that has one shared connection (``StaticPool``)."""
+        if self._use_locks is None:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        lock = self._use_locks.get(loop)
+        if lock is None:
+            lock = self._use_locks[loop] = asyncio.Lock()
+        async with lock:
+            yield
+
+
+_STATE: weakref.WeakKeyDictionary[Any, EngineState] = weakref.WeakKeyDictionary()
+
+
+def engine_state(engine: AsyncEngine) -> EngineState:
+    """The state Lattice keeps for ``engine`` (made on first use)."""
+    sync_engine = engine.sync_engine
+    state = _STATE.get(sync_engine)
+    if state is None:
+        state = EngineState()
+        if isinstance(sync_engine.pool, StaticPool):
+            # One DBAPI connection shared by every checkout: transactions of
+            # concurrent calls would interleave on it, so they take turns.
+            state._use_locks = weakref.WeakKeyDictionary()
+        _STATE[sync_engine] = state
+    return state

@@ -1,0 +1,24 @@
+"""Exceptions Lattice raises beyond the built-in ``TypeError`` and ``ValueError``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["LatticeError", "WriteOutcomeUnknownError"]
+
+
+class LatticeError(Exception):
+    """Base class of Lattice's own exceptions."""
+
+
+class WriteOutcomeUnknownError(LatticeError):
+    """The connection died while a write committed, and the database could not be asked.
+
+    The write may or may not have committed. ``result`` holds what the write
+    had produced: for ``pop_item``, the item it removed, so a popped item is
+    never silently lost.
+    """
+
+    def __init__(self, message: str, *, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result

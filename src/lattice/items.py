@@ -1,0 +1,135 @@
+"""Item validation and the JSON codec every backend shares.
+
+An item is stored as the exact JSON text that ``json.dumps`` makes of it,
+in UTF-8 without ``\\uXXXX`` escapes for non-ASCII text. Reading it back with
+``json.loads`` gives a dict that re-encodes to the same text: key order,
+``1`` versus ``1.0`` and big integers all survive.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "DEFAULT_MAX_ITEM_BYTES",
+    "decode_item",
+    "encode_item",
+    "encode_items",
+]
+
+#: Default limit on one item's encoded size: 16 MiB of UTF-8 JSON.
+DEFAULT_MAX_ITEM_BYTES = 16 * 1024 * 1024
+
+# One encoder for the hot path. ``allow_nan=False`` rejects NaN and the
+# infinities, which are not JSON; ``check_circular`` turns self-reference into
+# a ValueError instead of a RecursionError.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_DECODER = json.JSONDecoder()
+
+
+def _why_not_json(value: Any, depth: int = 0) -> str:
+    """Find a human reason why ``value`` cannot be encoded (slow path, errors only)."""
+    if depth > 200:
+        return "it is nested too deeply"
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if not isinstance(key, str):
+                return f"key {key!r} is a {type(key).__name__}, but JSON keys must be strings"
+            reason = _why_not_json(child, depth + 1)
+            if reason:
+                return f"at key {key!r}: {reason}"
+        return ""
+    if isinstance(value, (list, tuple)):
+        for index, child in enumerate(value):
+            reason = _why_not_json(child, depth + 1)
+            if reason:
+                return f"at position {index}: {reason}"
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} is not valid JSON"
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return ""
+    return f"a {type(value).__name__} is not JSON-serialisable"
+
+
+def _non_string_key(item: dict[str, Any]) -> Any:
+    """Return the first dict key that is not a ``str`` (``json`` would quietly convert it)."""
+    stack: list[Any] = [item]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if not isinstance(key, str):
+                    return key
+                if isinstance(child, (dict, list, tuple)):
+                    stack.append(child)
+        else:
+            stack.extend(child for child in value if isinstance(child, (dict, list, tuple)))
+    return _NO_KEY
+
+
+_NO_KEY = object()
+
+
+def encode_item(item: Any, index: int = 0, max_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> str:
+    """Encode one item to its stored JSON text, or raise naming ``index`` and the reason.
+
+    Raises:
+        TypeError: ``item`` is not a dict, or holds a value JSON cannot represent
+            (datetime, Decimal, UUID, bytes, a non-string key, ...).
+        ValueError: NaN or an infinity, text that is not valid Unicode (lone
+            surrogates), nesting too deep, or more than ``max_bytes`` of UTF-8.
+    """
+    if not isinstance(item, dict):
+        raise TypeError(f"item {index} is a {type(item).__name__}, but items must be dicts")
+    try:
+        text = _ENCODER.encode(item)
+    except TypeError as exc:
+        reason = _why_not_json(item) or str(exc)
+        raise TypeError(f"item {index} cannot be stored as JSON: {reason}") from exc
+    except ValueError as exc:
+        reason = _why_not_json(item) or str(exc)
+        raise ValueError(f"item {index} cannot be stored as JSON: {reason}") from exc
+    except RecursionError as exc:
+        raise ValueError(f"item {index} cannot be stored as JSON: it is nested too deeply") from exc
+    # json.dumps turns int, float, bool and None keys into strings; that
+    # would not round-trip, so refuse them (the encoder already refused the rest).
+    bad_key = _non_string_key(item)
+    if bad_key is not _NO_KEY:
+        raise TypeError(
+            f"item {index} cannot be stored as JSON: key {bad_key!r} is a "
+            f"{type(bad_key).__name__}, but JSON keys must be strings"
+        )
+    # ASCII text is its own UTF-8 encoding, so the common case costs one scan.
+    if text.isascii():
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"item {index} holds text that is not valid Unicode "
+                f"(a lone surrogate at character {exc.start}); it cannot be stored as UTF-8"
+            ) from exc
+    if size > max_bytes:
+        raise ValueError(
+            f"item {index} is {size} bytes of JSON, over the limit of {max_bytes} bytes "
+            "(max_item_bytes)"
+        )
+    return text
+
+
+def encode_items(items: Iterable[Any], max_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> list[str]:
+    """Encode a batch; the first bad item raises before anything is returned."""
+    if isinstance(items, (dict, str, bytes)):
+        raise TypeError(f"items must be a list of dicts, not a {type(items).__name__}")
+    return [encode_item(item, index, max_bytes) for index, item in enumerate(items)]
+
+
+def decode_item(text: str) -> dict[str, Any]:
+    """Decode stored JSON text back into an item."""
+    value: dict[str, Any] = _DECODER.decode(text)
+    return value

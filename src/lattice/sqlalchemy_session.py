@@ -1,0 +1,456 @@
+"""``SQLAlchemySession``: a session stored in SQLite, PostgreSQL or MySQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from . import engines
+from .dialects import Statements, is_mysql, is_transient_conflict, statements
+from .errors import WriteOutcomeUnknownError
+from .items import DEFAULT_MAX_ITEM_BYTES, decode_item, encode_items
+from .protocol import SessionABC, SessionSettings, coerce_settings, resolve_limit
+from .schema import (
+    DEFAULT_MESSAGES_TABLE,
+    DEFAULT_SESSIONS_TABLE,
+    MAX_SESSION_ID_LENGTH,
+    WRITE_TOKEN_LENGTH,
+    LatticeTables,
+    lattice_tables,
+    utc_now,
+)
+
+__all__ = ["SQLAlchemySession", "check_session_id"]
+
+_T = TypeVar("_T")
+_UNSET: Any = object()
+# How often a transaction the server rolled back (deadlock, lock timeout) is rerun.
+_CONFLICT_RETRIES = 5
+
+
+def check_session_id(session_id: Any) -> str:
+    """Return ``session_id`` if it is a valid id, else raise naming the problem.
+
+    A valid id is a ``str`` of 1 to 255 characters that can be encoded as
+    UTF-8 and holds no NUL character (PostgreSQL cannot store one).
+    """
+    if not isinstance(session_id, str):
+        raise TypeError(f"session_id must be a str, not {type(session_id).__name__}")
+    if not 1 <= len(session_id) <= MAX_SESSION_ID_LENGTH:
+        raise ValueError(
+            f"session_id must be 1 to {MAX_SESSION_ID_LENGTH} characters long, "
+            f"not {len(session_id)}"
+        )
+    if "\x00" in session_id:
+        raise ValueError("session_id must not contain a NUL character")
+    if not session_id.isascii():
+        try:
+            session_id.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                "session_id is not valid Unicode (a lone surrogate at character "
+                f"{exc.start}); it cannot be stored as UTF-8"
+            ) from exc
+    return session_id
+
+
+async def _finish(task: asyncio.Future[_T]) -> _T:
+    """Wait for ``task`` to end, whatever cancellations arrive meanwhile."""
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            continue
+    return task.result()
+
+
+class SQLAlchemySession(SessionABC):
+    """A conversation kept in two SQL tables through an async SQLAlchemy engine.
+
+    Args:
+        session_id: The conversation's id: 1 to 255 characters, compared exactly.
+        engine: An ``AsyncEngine`` (``sqlite+aiosqlite``, ``postgresql+asyncpg``
+            or ``mysql+aiomysql``). It stays the caller's: Lattice never disposes it.
+        create_tables: Create the tables (if missing) on first use, once per
+            engine. For development; deployments run ``lattice db upgrade``.
+        sessions_table: Name of the sessions table.
+        messages_table: Name of the messages table.
+        session_settings: Default read settings (``SessionSettings``, the Agents
+            SDK's class, or a dict).
+        max_item_bytes: Largest accepted item, in bytes of UTF-8 JSON.
+    """
+
+    session_settings: SessionSettings | None
+
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        engine: AsyncEngine,
+        create_tables: bool = False,
+        sessions_table: str = DEFAULT_SESSIONS_TABLE,
+        messages_table: str = DEFAULT_MESSAGES_TABLE,
+        session_settings: SessionSettings | dict[str, Any] | None = None,
+        max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
+    ) -> None:
+        if not isinstance(engine, AsyncEngine):
+            raise TypeError(
+                f"engine must be a sqlalchemy AsyncEngine, not {type(engine).__name__}; "
+                "use SQLAlchemySession.from_url(...) to start from a URL"
+            )
+        self._init(
+            session_id,
+            create_tables=create_tables,
+            tables=lattice_tables(sessions_table, messages_table),
+            session_settings=session_settings,
+            max_item_bytes=max_item_bytes,
+        )
+        self._fixed_engine: AsyncEngine | None = engine
+        self._url: Any = None
+        self._engine_kwargs: dict[str, Any] = {}
+
+    def _init(
+        self,
+        session_id: str,
+        *,
+        create_tables: bool,
+        tables: LatticeTables,
+        session_settings: Any,
+        max_item_bytes: int,
+    ) -> None:
+        self.session_id = check_session_id(session_id)
+        self.session_settings = coerce_settings(session_settings)
+        if isinstance(max_item_bytes, bool) or not isinstance(max_item_bytes, int):
+            raise TypeError("max_item_bytes must be an int")
+        if max_item_bytes < 1:
+            raise ValueError("max_item_bytes must be positive")
+        self._max_item_bytes = max_item_bytes
+        self._tables = tables
+        self._create_tables = create_tables
+        self._bound: tuple[AsyncEngine, Statements, engines.EngineState] | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        session_id: str,
+        *,
+        url: str,
+        engine_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> SQLAlchemySession:
+        """Make a session on the process's shared engine for ``url``.
+
+        Sessions made from the same URL and ``engine_kwargs`` on one event loop
+        share one engine and its pool. Lattice owns that engine; close it at
+        shutdown with ``await lattice.dispose_engines()``. An in-memory SQLite
+        URL gets an engine of its own, private to this session.
+
+        Args:
+            session_id: The conversation's id.
+            url: An SQLAlchemy URL; ``postgresql://``, ``mysql://`` and
+                ``sqlite://`` are mapped to the async drivers.
+            engine_kwargs: Options for ``create_async_engine``.
+            **kwargs: The keyword arguments of the constructor.
+        """
+        parsed = engines.normalize_url(url)
+        options = dict(engine_kwargs or {})
+        if engines.is_sqlite_memory(parsed):
+            return cls(session_id, engine=engines.make_engine(parsed, **options), **kwargs)
+        self = cls.__new__(cls)
+        self._init(
+            session_id,
+            create_tables=kwargs.pop("create_tables", False),
+            tables=lattice_tables(
+                kwargs.pop("sessions_table", DEFAULT_SESSIONS_TABLE),
+                kwargs.pop("messages_table", DEFAULT_MESSAGES_TABLE),
+            ),
+            session_settings=kwargs.pop("session_settings", None),
+            max_item_bytes=kwargs.pop("max_item_bytes", DEFAULT_MAX_ITEM_BYTES),
+        )
+        if kwargs:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+        self._fixed_engine = None
+        self._url = parsed
+        self._engine_kwargs = options
+        # Fail now, not on first use, when the driver is missing.
+        engines.shared_engine(parsed, options)
+        return self
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine this session uses (on the running event loop)."""
+        if self._fixed_engine is not None:
+            return self._fixed_engine
+        return engines.shared_engine(self._url, self._engine_kwargs)
+
+    @property
+    def tables(self) -> LatticeTables:
+        """The session's tables."""
+        return self._tables
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(session_id={self.session_id!r})"
+
+    # -- plumbing ------------------------------------------------------------
+
+    async def _bind(self) -> tuple[AsyncEngine, Statements, engines.EngineState]:
+        engine = self.engine
+        bound = self._bound
+        if bound is None or bound[0] is not engine:
+            bound = (engine, statements(self._tables, engine.dialect), engines.engine_state(engine))
+            self._bound = bound
+        if self._create_tables and self._tables not in bound[2].created:
+            await self._ensure_tables(engine, bound[2])
+        return bound
+
+    async def _ensure_tables(self, engine: AsyncEngine, state: engines.EngineState) -> None:
+        async with state.create_lock():
+            if self._tables in state.created:
+                return
+            async with state.exclusive():
+                try:
+                    async with engine.begin() as conn:
+                        await conn.run_sync(self._tables.metadata.create_all)
+                except (IntegrityError, ProgrammingError, OperationalError):
+                    # Another process created them between our check and
+                    # CREATE; check again, and re-raise if they are still missing.
+                    async with engine.begin() as conn:
+                        await conn.run_sync(self._tables.metadata.create_all)
+            state.created.add(self._tables)
+
+    async def _max_packet(self, conn: AsyncConnection, state: engines.EngineState) -> int:
+        if state.max_packet is None:
+            result = await conn.exec_driver_sql("SELECT @@max_allowed_packet")
+            state.max_packet = int(result.scalar_one())
+        return state.max_packet
+
+    async def _mutate(
+        self,
+        operation: Callable[[], Awaitable[_T]],
+        undo: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> _T:
+        """Run a write so that cancelling the caller cannot leave it half done.
+
+        The write runs in its own task. If the caller is cancelled, the write
+        still runs to its end; then ``undo`` reverses a result the caller will
+        never see (a popped item goes back), and the cancellation goes on.
+        """
+        task = asyncio.ensure_future(operation())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            try:
+                result = await _finish(task)
+            except Exception:
+                raise asyncio.CancelledError() from None
+            if undo is not None and result is not None:
+                await _finish(asyncio.ensure_future(undo(result)))
+            raise
+
+    async def _write(
+        self,
+        body: Callable[[AsyncConnection, Statements, str], Awaitable[_T]],
+    ) -> _T:
+        """Run ``body`` in one transaction, surviving conflicts and lost connections.
+
+        ``body`` gets the connection, the statements and this attempt's write
+        token, which its first statement records on the session row.
+
+        * A deadlock or lock timeout rolled back by the server: run again.
+        * The connection lost before COMMIT was sent: nothing committed, run again once.
+        * The connection lost after COMMIT was sent: ask the database, under the
+          session's row lock, whether this attempt's token committed. If so,
+          the write is done; if not, run again once; if the database cannot be
+          asked, raise :class:`WriteOutcomeUnknownError`.
+        """
+        engine, stmts, state = await self._bind()
+        lost_connection_retries = 1
+        conflicts = 0
+        while True:
+            token = uuid.uuid4().hex
+            result: Any = _UNSET
+            try:
+                async with state.exclusive(), engine.begin() as conn:
+                    result = await body(conn, stmts, token)
+                return result  # type: ignore[no-any-return]
+            except DBAPIError as exc:
+                if is_transient_conflict(exc) and conflicts < _CONFLICT_RETRIES:
+                    conflicts += 1
+                    await asyncio.sleep(0.005 * conflicts)
+                    continue
+                if not exc.connection_invalidated:
+                    raise
+                if result is not _UNSET:
+                    try:
+                        committed = await self._token_committed(engine, stmts, state, token)
+                    except DBAPIError as check_exc:
+                        raise WriteOutcomeUnknownError(
+                            f"the connection was lost while committing a write to session "
+                            f"{self.session_id!r}, and the database could not be asked "
+                            "whether it committed",
+                            result=result,
+                        ) from check_exc
+                    if committed:
+                        return result  # type: ignore[no-any-return]
+                if lost_connection_retries == 0:
+                    raise
+                lost_connection_retries -= 1
+
+    async def _token_committed(
+        self, engine: AsyncEngine, stmts: Statements, state: engines.EngineState, token: str
+    ) -> bool:
+        # FOR UPDATE waits for a transaction still holding the row (one whose
+        # client vanished but whose server side is finishing), so the answer
+        # is final, not a race.
+        async with state.exclusive(), engine.begin() as conn:
+            tokens = (await conn.execute(stmts.read_tokens, {"sid": self.session_id})).scalar()
+        if not tokens:
+            return False
+        width = WRITE_TOKEN_LENGTH
+        return any(tokens[i : i + width] == token for i in range(0, len(tokens), width))
+
+    # -- the Session protocol --------------------------------------------------
+
+    async def get_items(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Return the latest ``limit`` items, oldest first.
+
+        ``limit=None`` falls back to ``session_settings.limit``, then to the
+        whole history; a limit of 0 or less returns ``[]``.
+        """
+        limit = resolve_limit(limit, self.session_settings)
+        if limit is not None and limit <= 0:
+            return []
+        engine, stmts, state = await self._bind()
+        for attempt in (1, 2):
+            try:
+                async with state.exclusive(), engine.connect() as conn:
+                    if limit is None:
+                        result = await conn.execute(stmts.select_all, {"sid": self.session_id})
+                        return [decode_item(row[0]) for row in result]
+                    result = await conn.execute(
+                        stmts.select_latest, {"sid": self.session_id, "lim": limit}
+                    )
+                    rows = result.all()
+                    return [decode_item(row[0]) for row in reversed(rows)]
+            except DBAPIError as exc:
+                # A connection that died while idle in the pool (server restart):
+                # the pool is already invalidated, so one more try reconnects.
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def add_items(self, items: list[dict[str, Any]]) -> None:
+        """Append ``items`` as one batch: all are stored, contiguous, or none.
+
+        Raises:
+            TypeError: an item is not a dict or holds a non-JSON value.
+            ValueError: an item holds NaN/Infinity or invalid text, or is too large.
+        """
+        texts = encode_items(items, self._max_item_bytes)
+        if not texts:
+            return
+        session_id = self.session_id
+
+        async def body(conn: AsyncConnection, stmts: Statements, token: str) -> None:
+            if is_mysql(conn.dialect):
+                await self._check_packet(conn, texts)
+            now = utc_now()
+            await conn.execute(
+                stmts.upsert_session,
+                {"sid": session_id, "now": now, "n": len(texts), "token": token},
+            )
+            await conn.execute(
+                stmts.insert_message,
+                [{"sid": session_id, "data": text, "now": now} for text in texts],
+            )
+
+        await self._mutate(lambda: self._write(body))
+
+    async def _check_packet(self, conn: AsyncConnection, texts: list[str]) -> None:
+        state = engines.engine_state(conn.engine)
+        limit = await self._max_packet(conn, state)
+        for index, text in enumerate(texts):
+            size = len(text) if text.isascii() else len(text.encode("utf-8"))
+            # The statement around the item needs a little room of its own.
+            if size + 1024 > limit:
+                raise ValueError(
+                    f"item {index} is {size} bytes of JSON, more than this MySQL server "
+                    f"accepts in one statement (max_allowed_packet = {limit}); raise "
+                    "max_allowed_packet on the server or store smaller items"
+                )
+
+    async def pop_item(self) -> dict[str, Any] | None:
+        """Remove and return the newest item, or ``None`` if there is none.
+
+        Each item goes to exactly one caller. If this call is cancelled after
+        the database removed the item, the item is put back where it was.
+        """
+        session_id = self.session_id
+
+        async def body(
+            conn: AsyncConnection, stmts: Statements, token: str
+        ) -> tuple[int, str] | None:
+            locked = await conn.execute(
+                stmts.lock_session_pop, {"sid": session_id, "now": utc_now(), "token": token}
+            )
+            if locked.rowcount == 0:
+                return None
+            if stmts.delete_newest_returning is not None:
+                row = (
+                    await conn.execute(stmts.delete_newest_returning, {"sid": session_id})
+                ).first()
+            else:
+                row = (await conn.execute(stmts.select_newest, {"sid": session_id})).first()
+                if row is not None:
+                    await conn.execute(stmts.delete_by_id, {"mid": row[0]})
+            if row is None:
+                # Nothing to pop: undo the count decrement taken with the lock.
+                await conn.rollback()
+                return None
+            return int(row[0]), row[1]
+
+        try:
+            popped: tuple[int, str] | None = await self._mutate(
+                lambda: self._write(body), undo=self._put_back
+            )
+        except WriteOutcomeUnknownError as exc:
+            # Hand the caller the item itself, so it is not lost if the pop committed.
+            if isinstance(exc.result, tuple):
+                exc.result = decode_item(exc.result[1])
+            raise
+        return None if popped is None else decode_item(popped[1])
+
+    async def _put_back(self, popped: tuple[int, str]) -> None:
+        """Return a popped item to its old place (its caller was cancelled)."""
+        message_id, text = popped
+        session_id = self.session_id
+
+        async def body(conn: AsyncConnection, stmts: Statements, token: str) -> None:
+            now = utc_now()
+            await conn.execute(
+                stmts.upsert_session, {"sid": session_id, "now": now, "n": 1, "token": token}
+            )
+            await conn.execute(
+                stmts.insert_message_with_id,
+                {"mid": message_id, "sid": session_id, "data": text, "now": now},
+            )
+
+        await self._write(body)
+
+    async def clear_session(self) -> None:
+        """Remove every item of this session; other sessions are untouched."""
+        session_id = self.session_id
+
+        async def body(conn: AsyncConnection, stmts: Statements, token: str) -> None:
+            locked = await conn.execute(
+                stmts.lock_session_clear, {"sid": session_id, "now": utc_now(), "token": token}
+            )
+            if locked.rowcount:
+                await conn.execute(stmts.delete_all, {"sid": session_id})
+
+        await self._mutate(lambda: self._write(body))

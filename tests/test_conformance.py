@@ -1,0 +1,27 @@
+"""The public conformance suite, run over the four backends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from lattice import SQLAlchemySession
+from lattice.schema import LatticeTables
+from lattice.testing import SessionConformance, SessionFactory
+
+
+class TestSQLAlchemySessionConformance(SessionConformance):
+    @pytest.fixture
+    def session_factory(self, engine: AsyncEngine, tables: LatticeTables) -> SessionFactory:
+        def make(session_id: str, session_settings: Any = None) -> SQLAlchemySession:
+            return SQLAlchemySession(
+                session_id,
+                engine=engine,
+                sessions_table=tables.sessions.name,
+                messages_table=tables.messages.name,
+                session_settings=session_settings,
+            )
+
+        return make
