@@ -162,3 +162,27 @@ async def fresh_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
             else:
                 await conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
         await admin.dispose()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how many tests ran on each backend, so a skipped server cannot hide."""
+    counts = {name: {"passed": 0, "failed": 0, "skipped": 0} for name in BACKENDS}
+    for outcome in ("passed", "failed", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") not in ("call", "setup"):
+                continue
+            if outcome == "passed" and report.when != "call":
+                continue
+            for name in BACKENDS:
+                if (
+                    f"[{name}" in report.nodeid
+                    or f"-{name}]" in report.nodeid
+                    or f"-{name}-" in report.nodeid
+                ):
+                    counts[name][outcome] += 1
+                    break
+    terminalreporter.section("backends")
+    for name, c in counts.items():
+        terminalreporter.write_line(
+            f"{name:14} {c['passed']:4} passed, {c['failed']:3} failed, {c['skipped']:3} skipped"
+        )
