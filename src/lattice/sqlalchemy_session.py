@@ -288,7 +288,11 @@ class SQLAlchemySession(SessionABC):
                 if result is not _UNSET:
                     try:
                         committed = await self._token_committed(engine, stmts, state, token)
-                    except DBAPIError as check_exc:
+                    except Exception as check_exc:
+                        # Any failure to ask, not only DBAPIError: a server that
+                        # refuses connections makes asyncpg raise a bare
+                        # ConnectionResetError/OSError, and a popped item must
+                        # still reach its caller (tests/test_faults.py).
                         raise WriteOutcomeUnknownError(
                             f"the connection was lost while committing a write to session "
                             f"{self.session_id!r}, and the database could not be asked "
