@@ -1,0 +1,252 @@
+"""What ``migrations/env.py`` does, kept in the package so it is typed and tested.
+
+``env.py`` is three lines that call :func:`run_online` or :func:`run_offline`.
+Everything that makes Lattice's migrations safe beside an application's own
+Alembic history lives here:
+
+* Lattice's version table is ``lattice_alembic_version`` and autogenerate
+  only sees Lattice's two tables (:func:`include_name`), so the application's
+  ``alembic_version`` and tables are never touched.
+* Migrations run on a connection the caller supplies through
+  ``config.attributes["connection"]`` (that is how :mod:`lattice.migrations`
+  runs them, on an async engine's connection inside ``run_sync``), or on a
+  new engine made from the URL.
+* One migrator at a time: a session-level advisory lock on PostgreSQL and
+  ``GET_LOCK`` on MySQL/MariaDB, taken before the current revision is read,
+  so two deployments starting together apply each revision once.
+* SQLite rebuilds tables to change them (Alembic's batch mode). With foreign
+  keys on, dropping the old sessions table would cascade into the messages,
+  so the pragma is switched off for the run and restored afterwards.
+* Each revision commits on its own (``transaction_per_migration``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from alembic.autogenerate import compare_metadata
+from alembic.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext, MigrationInfo
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
+
+from . import schema
+from .engines import make_engine, normalize_url
+from .errors import LatticeError
+
+__all__ = [
+    "LATTICE_TABLES",
+    "URL_ENV_VAR",
+    "VERSION_TABLE",
+    "MigrationError",
+    "include_name",
+    "run_offline",
+    "run_online",
+]
+
+VERSION_TABLE = "lattice_alembic_version"
+URL_ENV_VAR = "LATTICE_DATABASE_URL"
+LATTICE_TABLES = frozenset({schema.DEFAULT_SESSIONS_TABLE, schema.DEFAULT_MESSAGES_TABLE})
+
+# pg_advisory_lock key: the bytes of "lattice\0" read as a big-endian int64.
+# Advisory locks are per database, so migrations of two databases never wait
+# for each other.
+_PG_LOCK_KEY = int.from_bytes(b"lattice\0", "big", signed=True)
+# GET_LOCK names are server-wide, so the database's name is part of it.
+_MYSQL_LOCK_NAME = "LEFT(CONCAT('lattice_migrations:', DATABASE()), 64)"
+#: How long a migrator waits for another one to finish before giving up.
+LOCK_TIMEOUT_S = 600
+
+# config.attributes keys set by lattice.migrations.
+ATTR_CONNECTION = "connection"
+ATTR_ADOPT = "lattice_adopt"
+ATTR_PROGRESS = "lattice_progress"
+
+
+class MigrationError(LatticeError):
+    """A migration command could not run; the message says why and what to do."""
+
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Autogenerate filter: only Lattice's own tables (and their contents)."""
+    if type_ == "table":
+        return name in LATTICE_TABLES
+    return True
+
+
+def _database_url(context: EnvironmentContext) -> str:
+    config = context.config
+    url = (
+        context.get_x_argument(as_dictionary=True).get("url")
+        or config.get_main_option("sqlalchemy.url")
+        or os.environ.get(URL_ENV_VAR)
+    )
+    if not url:
+        raise MigrationError(
+            f"no database URL: pass --url, set {URL_ENV_VAR}, or set sqlalchemy.url"
+        )
+    return normalize_url(url).render_as_string(hide_password=False)
+
+
+def _progress(context: EnvironmentContext) -> Callable[[str], None] | None:
+    progress: Callable[[str], None] | None = context.config.attributes.get(ATTR_PROGRESS)
+    return progress
+
+
+def _options(context: EnvironmentContext, dialect_name: str) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "target_metadata": schema.metadata,
+        "version_table": VERSION_TABLE,
+        "include_name": include_name,
+        "transaction_per_migration": True,
+        "compare_type": True,
+        # SQLite cannot ALTER most things: revisions rebuild tables there.
+        "render_as_batch": dialect_name == "sqlite",
+    }
+    progress = _progress(context)
+    if progress is not None:
+
+        def on_apply(*, step: MigrationInfo, **_: Any) -> None:
+            # Either way the step's "up" revision is the one applied or undone.
+            script = step.up_revision
+            if script is None or step.is_stamp:
+                return
+            verb = "applied" if step.is_upgrade else "reverted"
+            progress(f"{verb} {script.revision}: {getattr(script, 'doc', '')}")
+
+        options["on_version_apply"] = [on_apply]
+    return options
+
+
+def run_offline(context: EnvironmentContext) -> None:
+    """Write the SQL of the migrations instead of running it (``--sql``)."""
+    url = _database_url(context)
+    dialect_name = normalize_url(url).get_backend_name()
+    context.configure(
+        url=url,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        **_options(context, dialect_name),
+    )
+    if dialect_name == "sqlite":
+        context.execute("PRAGMA foreign_keys = OFF")
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online(context: EnvironmentContext) -> None:
+    """Run the migrations on the caller's connection, or on one made from the URL."""
+    connection = context.config.attributes.get(ATTR_CONNECTION)
+    if connection is not None:
+        run_on_connection(context, connection)
+        return
+    asyncio.run(_run_from_url(context, _database_url(context)))
+
+
+async def _run_from_url(context: EnvironmentContext, url: str) -> None:
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            await conn.run_sync(lambda sync_conn: run_on_connection(context, sync_conn))
+    finally:
+        await engine.dispose()
+
+
+def run_on_connection(context: EnvironmentContext, connection: Connection) -> None:
+    """Run the migrations on ``connection``, one migrator at a time."""
+    # A connection already in a transaction belongs to a caller who will
+    # commit it: everything then runs inside that transaction.
+    external = connection.in_transaction()
+    with _exclusive(connection, external=external):
+        context.configure(connection=connection, **_options(context, connection.dialect.name))
+        if context.config.attributes.get(ATTR_ADOPT):
+            _adopt_existing_tables(context, connection)
+            if not external:
+                connection.commit()
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+@contextmanager
+def _exclusive(connection: Connection, *, external: bool) -> Iterator[None]:
+    """Hold the migration lock (and, on SQLite, foreign keys off) meanwhile."""
+    dialect = connection.dialect.name
+    restore_foreign_keys = False
+    if dialect == "postgresql":
+        # Inside a caller's transaction a transaction-level lock ends with it;
+        # otherwise revisions commit one by one, so the lock is the session's.
+        lock = "pg_advisory_xact_lock" if external else "pg_advisory_lock"
+        connection.execute(text(f"SELECT {lock}(:key)"), {"key": _PG_LOCK_KEY})
+    elif dialect in ("mysql", "mariadb"):
+        got = connection.execute(
+            text(f"SELECT GET_LOCK({_MYSQL_LOCK_NAME}, :timeout)"), {"timeout": LOCK_TIMEOUT_S}
+        ).scalar()
+        if got != 1:
+            raise MigrationError(
+                f"another migration has held the lock for {LOCK_TIMEOUT_S} s; try again later"
+            )
+    elif dialect == "sqlite" and not external:
+        # The pragma is a no-op inside a transaction; Python's sqlite3 has not
+        # opened one yet, as nothing has been written on this connection.
+        restore_foreign_keys = bool(connection.exec_driver_sql("PRAGMA foreign_keys").scalar())
+        connection.exec_driver_sql("PRAGMA foreign_keys = OFF")
+    if not external:
+        connection.commit()
+    try:
+        yield
+    finally:
+        if not external and connection.in_transaction():
+            connection.rollback()
+        if dialect == "postgresql" and not external:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_LOCK_KEY})
+        elif dialect in ("mysql", "mariadb"):
+            connection.execute(text(f"SELECT RELEASE_LOCK({_MYSQL_LOCK_NAME})"))
+        elif restore_foreign_keys:
+            connection.exec_driver_sql("PRAGMA foreign_keys = ON")
+        if not external:
+            connection.commit()
+
+
+def _adopt_existing_tables(context: EnvironmentContext, connection: Connection) -> None:
+    """Stamp tables made without migrations with the revision they are at.
+
+    Tables made by the Agents SDK's ``SQLAlchemySession(create_tables=True)``
+    are at the baseline revision; tables made by Lattice's
+    ``create_tables=True`` match the head. Anything else is refused rather
+    than guessed at.
+    """
+    migration: MigrationContext = context.get_context()
+    if migration.get_current_heads():
+        return
+    inspector = inspect(connection)
+    present = sorted(name for name in LATTICE_TABLES if inspector.has_table(name))
+    if not present:
+        return
+    script = context.script
+    if len(present) == 1:
+        raise MigrationError(
+            f"found table {present[0]} without its partner and no {VERSION_TABLE}: "
+            "create or drop it by hand, then run `lattice db upgrade` again"
+        )
+    columns = {c["name"] for c in inspector.get_columns(schema.DEFAULT_SESSIONS_TABLE)}
+    if "item_count" not in columns:
+        revision = script.get_base() or "base"
+        what = "the OpenAI Agents SDK's tables"
+    elif not compare_metadata(migration, schema.metadata):
+        revision = "heads"
+        what = "tables made by create_tables=True"
+    else:
+        raise MigrationError(
+            f"the tables {', '.join(present)} exist, but match no Lattice revision and "
+            f"{VERSION_TABLE} is missing: find the revision they are at with "
+            "`lattice db history`, then run `lattice db stamp <revision>`"
+        )
+    migration.stamp(script, revision)
+    progress = _progress(context)
+    if progress is not None:
+        heads = ", ".join(migration.get_current_heads())
+        progress(f"found {what}; stamped revision {heads}")
