@@ -21,7 +21,7 @@ from .sqlalchemy_session import SQLAlchemySession
 from .sqlite_session import SQLiteSession
 
 if TYPE_CHECKING:
-    pass
+    from .openai_conversations import OpenAIConversationsSession
 
 __all__ = [
     "LatticeError",
