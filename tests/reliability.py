@@ -68,9 +68,9 @@ class Ledger:
     compares the ledger with what the database holds:
 
     * no item is stored twice, popped twice, or both stored and popped;
-    * every batch is whole: its stored part is a prefix (pops take the newest),
-      and stored plus popped is the whole batch, unless nothing of it is stored
-      (never committed, cleared, or popped entirely);
+    * every batch is whole: stored (in order) plus popped is the whole batch,
+      unless nothing of it is stored (never committed, cleared, or popped
+      entirely);
     * a confirmed batch that no clear could have touched is all there
       (stored or popped): nothing is lost;
     * stored items of one batch sit next to each other, in order.
@@ -104,7 +104,10 @@ class Ledger:
             here = [i for i in ids if i in stored_set]
             gone = {i for i in ids if i in popped_set}
             if here:
-                assert here == ids[: len(here)], f"batch {batch_id} stored with a hole: {here}"
+                in_db_order = [i for i in stored_ids if i.split(":")[0] == batch_id]
+                assert in_db_order == here, f"batch {batch_id} stored out of order"
+                # Pops take the newest item, but a pop running while a cancelled
+                # pop puts its item back takes the one below it: a hole, never a loss.
                 assert set(here) | gone == set(ids), f"batch {batch_id} stored partially"
             elif batch_id in self.confirmed and batch_id not in self.clearable:
                 assert gone == set(ids), f"confirmed batch {batch_id} lost items"
@@ -123,7 +126,7 @@ class Ledger:
 # Pauses waiting on each engine. The SQLAlchemy listeners are installed once by
 # instrument() and never removed: adding or removing one while a paused listener
 # sits inside SQLAlchemy's listener loop would break that loop.
-_PAUSES: weakref.WeakKeyDictionary[Any, list[Pause]] = weakref.WeakKeyDictionary()
+_PAUSES: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
 # Server ids of each engine's open connections, and each PostgreSQL backend's start.
 _LIVE: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
 _STARTED: dict[int, Any] = {}
@@ -138,7 +141,7 @@ def instrument(engine: AsyncEngine) -> None:
     sync_engine = engine.sync_engine
     if sync_engine in _PAUSES:
         return
-    pauses: list[Pause] = []
+    pauses: list[Any] = []  # Pause, CancelAt: objects with wants() and stop()
     _PAUSES[sync_engine] = pauses
     # On PostgreSQL a pid can be reused by another backend once ours ended,
     # so a kill also checks the backend's start time: never someone else's.
@@ -272,6 +275,38 @@ async def kill(admin: AsyncEngine, server_id: int) -> None:
 def server_ids(engine: AsyncEngine) -> list[int]:
     """Server-side ids of every connection the engine holds open (as far as it knows)."""
     return sorted(_LIVE.get(engine.sync_engine, set()))
+
+
+class CancelAt:
+    """Cancel ``task`` when the engine reaches its ``n``-th statement or COMMIT (from 0).
+
+    The cancellation is requested from inside the driver call, so the caller
+    is cancelled exactly while its write is at that point.
+    """
+
+    def __init__(self, engine: AsyncEngine, task: asyncio.Task[Any], n: int) -> None:
+        self._task, self._left = task, n
+        self.fired = False
+        self._pauses = _PAUSES[engine.sync_engine]
+        self._pauses.append(self)
+
+    def wants(self, when: str, _statement: str | None) -> bool:
+        if self.fired or when == "after_cursor_execute":
+            return False
+        self._left -= 1
+        return self._left < 0
+
+    def stop(self, _conn: Any) -> None:
+        self.fired = True
+        self._task.cancel()
+        self._pauses.remove(self)
+
+
+async def settle(timeout: float = 30) -> None:
+    """Wait until every other task (a shielded write a cancelled caller left running) ended."""
+    async with asyncio.timeout(timeout):
+        while others := [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+            await asyncio.wait(others)
 
 
 # -- a TCP proxy that can drop replies and cut connections ----------------------------------
