@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agents import Agent, RunConfig, Runner
@@ -126,6 +131,72 @@ def test_unreachable_database_is_a_clear_error(cli: CliRunner) -> None:
     result = cli.invoke(app, ["demo", "--url", "postgresql+asyncpg://root@127.0.0.1:9/none"])
     assert result.exit_code == 1
     assert "error: cannot reach the database" in result.output
+
+
+@pytest.fixture
+def chat_server() -> Iterator[tuple[str, list[list[dict[str, Any]]]]]:
+    """An OpenAI-compatible Chat Completions server that answers with a message count."""
+    received: list[list[dict[str, Any]]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            assert self.path == "/v1/chat/completions", self.path
+            received.append(body["messages"])
+            reply = f"I was sent {len(body['messages'])} messages."
+            data = json.dumps(
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": reply},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", received
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def test_openai_compatible_server(
+    cli: CliRunner, chat_server: tuple[str, list[list[dict[str, Any]]]]
+) -> None:
+    base_url, received = chat_server
+    args = ["demo", "--base-url", base_url, "--model", "local-model"]
+    first = cli.invoke(app, [*args, "-m", "My name is Di."])
+    assert first.exit_code == 0, first.output
+    assert f"Model: local-model at {base_url}" in first.output
+    second = cli.invoke(app, [*args, "-m", "My name?"])
+    assert second.exit_code == 0, second.output
+    assert "I was sent 4 messages." in second.output  # instructions + 3 from the session
+    assert [(m["role"], m["content"]) for m in received[1]] == [
+        ("system", received[1][0]["content"]),
+        ("user", "My name is Di."),
+        ("assistant", "I was sent 2 messages."),
+        ("user", "My name?"),
+    ]
 
 
 def test_compose_reply() -> None:

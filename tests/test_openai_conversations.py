@@ -8,9 +8,11 @@ conversations, and a switch that makes the next requests fail with HTTP 500.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -39,6 +41,8 @@ class ConversationsState:
         self.conversations: dict[str, list[dict[str, Any]]] = {}
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.fail_next = 0
+        self.delete_delay = 0.0
+        self.deleting = threading.Event()
         self._next_id = 0
 
     def new_id(self, prefix: str) -> str:
@@ -136,6 +140,8 @@ class Handler(BaseHTTPRequestHandler):
                 items.extend(stored)
                 self._send(200, {"object": "list", "data": stored, "has_more": False})
             elif method == "DELETE" and len(rest) == 3 and rest[1] == "items":
+                state.deleting.set()
+                time.sleep(state.delete_delay)
                 index = next((i for i, item in enumerate(items) if item["id"] == rest[2]), None)
                 if index is None:
                     self._send(404, {"error": {"message": f"Item '{rest[2]}' not found."}})
@@ -390,3 +396,21 @@ async def test_runner_turns_and_correction(
         ("user", "What's 2 + 3?"),
     ]
     assert transcript(await session.get_items())[-1] == ("assistant", "5")
+
+
+async def test_cancelled_pop_puts_the_item_back(
+    client: openai.AsyncOpenAI, state: ConversationsState
+) -> None:
+    session = OpenAIConversationsSession(openai_client=client)
+    await session.add_items([user("first"), user("second")])
+    state.delete_delay = 0.2  # the server is still deleting when the caller gives up
+    popping = asyncio.ensure_future(session.pop_item())
+    await asyncio.to_thread(state.deleting.wait, 5)
+    popping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await popping
+    state.delete_delay = 0
+    texts = [item["content"][0]["text"] for item in await session.get_items()]
+    assert texts == ["first", "second"]  # deleted on the server, then appended again
+    popped = await session.pop_item()
+    assert popped is not None and popped["content"][0]["text"] == "second"
