@@ -1,0 +1,160 @@
+"""``lattice db ...``: run Lattice's migrations from the shell.
+
+Exit codes: 0 success; 1 the command failed (database unreachable, wrong
+credentials, unknown revision, a migration error); 2 usage (no URL, bad
+URL); 3 ``check`` found the schema behind this version of Lattice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from .. import migrations
+
+__all__ = ["EXIT_BEHIND", "EXIT_FAILED", "EXIT_USAGE", "db_app", "register"]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_BEHIND = 3
+
+_T = TypeVar("_T")
+
+db_app = typer.Typer(
+    name="db",
+    help="Create and migrate Lattice's tables (Alembic, version table lattice_alembic_version).",
+    no_args_is_help=True,
+)
+
+_URL_HELP = (
+    "Database URL, as the application uses it (e.g. postgresql+asyncpg://user@host/db); "
+    f"default: ${migrations.URL_ENV_VAR}."
+)
+URL_OPTION: Any = typer.Option(None, "--url", envvar=migrations.URL_ENV_VAR, help=_URL_HELP)
+SQL_OPTION: Any = typer.Option(
+    False, "--sql", help="Print the SQL instead of running it (offline; no connection is made)."
+)
+FROM_OPTION: Any = typer.Option(
+    None, "--from", help="With --sql: the revision the database is at (default: empty database)."
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``db`` command group to the ``lattice`` command."""
+    app.add_typer(db_app, name="db")
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def _require_url(url: str | None) -> str:
+    if not url:
+        _fail(f"no database URL: pass --url or set {migrations.URL_ENV_VAR}", EXIT_USAGE)
+    try:
+        make_url(url)
+    except ArgumentError:
+        _fail(f"not a database URL: {url!r}", EXIT_USAGE)
+    return url
+
+
+def _shown(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _run(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coro``; turn every expected failure into a message and an exit code."""
+    try:
+        return asyncio.run(coro)
+    except migrations.SchemaBehindError as exc:
+        _fail(str(exc), EXIT_BEHIND)
+    except (migrations.MigrationError, ImportError) as exc:
+        _fail(str(exc))
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None) or exc
+        _fail(f"the database refused: {str(orig).strip().splitlines()[0]}")
+
+
+def _progress(line: str) -> None:
+    typer.echo(f"  {line}")
+
+
+@db_app.command()
+def upgrade(
+    revision: str = typer.Argument("head", help="Target revision (default: head)."),
+    url: str | None = URL_OPTION,
+    sql: bool = SQL_OPTION,
+    from_revision: str | None = FROM_OPTION,
+) -> None:
+    """Upgrade the database to the newest schema (or to REVISION).
+
+    Tables made by the OpenAI Agents SDK, or by create_tables=True, are
+    recognised and upgraded in place.
+    """
+    url = _require_url(url)
+    if sql:
+        typer.echo(_run(migrations.upgrade_sql(url, revision, from_revision=from_revision)))
+        return
+    typer.echo(f"Upgrading {_shown(url)} to {revision}")
+    _run(migrations.upgrade(url, revision, progress=_progress))
+    typer.echo(f"At revision {_run(migrations.current(url)) or 'none'}.")
+
+
+@db_app.command()
+def downgrade(
+    revision: str = typer.Argument(..., help="Target revision; 'base' removes Lattice's tables."),
+    url: str | None = URL_OPTION,
+    sql: bool = SQL_OPTION,
+    from_revision: str | None = FROM_OPTION,
+) -> None:
+    """Downgrade the database to REVISION."""
+    url = _require_url(url)
+    if sql:
+        if not from_revision:
+            _fail("downgrade --sql needs --from REVISION (the database's revision)", EXIT_USAGE)
+        typer.echo(_run(migrations.downgrade_sql(url, revision, from_revision=from_revision)))
+        return
+    typer.echo(f"Downgrading {_shown(url)} to {revision}")
+    _run(migrations.downgrade(url, revision, progress=_progress))
+    typer.echo(f"At revision {_run(migrations.current(url)) or 'none'}.")
+
+
+@db_app.command()
+def current(url: str | None = URL_OPTION) -> None:
+    """Print the database's revision ('none' before the first upgrade)."""
+    typer.echo(_run(migrations.current(_require_url(url))) or "none")
+
+
+@db_app.command()
+def history() -> None:
+    """List the revisions, newest first."""
+    for rev in _run(migrations.history()):
+        parent = rev.down_revision or "base"
+        head = " (head)" if rev.is_head else ""
+        typer.echo(f"{parent} -> {rev.revision}{head}: {rev.doc}")
+
+
+@db_app.command()
+def stamp(
+    revision: str = typer.Argument(..., help="The revision the tables are at."),
+    url: str | None = URL_OPTION,
+) -> None:
+    """Record REVISION as the database's revision without changing any table."""
+    url = _require_url(url)
+    _run(migrations.stamp(url, revision))
+    typer.echo(f"Stamped {_shown(url)} at revision {revision}.")
+
+
+@db_app.command()
+def check(url: str | None = URL_OPTION) -> None:
+    """Exit 0 if the schema is up to date, 3 if it needs `lattice db upgrade`."""
+    at = _run(migrations.check(_require_url(url)))
+    typer.echo(f"Up to date: revision {at}.")
