@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,8 @@ from lattice.cli import app
 from lattice.cli.demo import FIRST_RUN_SCRIPT, NEXT_RUN_SCRIPT
 from lattice.integrations.offline_model import OfflineMemoryModel, compose_reply
 from lattice.integrations.transcript import transcript
+
+from .local_http import JSONHandler, serve
 
 LATTICE = Path(sys.executable).with_name("lattice")
 
@@ -138,46 +137,27 @@ def chat_server() -> Iterator[tuple[str, list[list[dict[str, Any]]]]]:
     """An OpenAI-compatible Chat Completions server that answers with a message count."""
     received: list[list[dict[str, Any]]] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
+    class Handler(JSONHandler):
         def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = self.read_json()
             assert self.path == "/v1/chat/completions", self.path
             received.append(body["messages"])
             reply = f"I was sent {len(body['messages'])} messages."
-            data = json.dumps(
+            choice = {"index": 0, "message": {"role": "assistant", "content": reply}}
+            self.send_json(
+                200,
                 {
                     "id": "chatcmpl-1",
                     "object": "chat.completion",
                     "created": 0,
                     "model": body["model"],
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": reply},
-                            "finish_reason": "stop",
-                        }
-                    ],
+                    "choices": [{**choice, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                }
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+                },
+            )
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", received
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with serve(Handler) as base_url:
+        yield base_url, received
 
 
 def test_openai_compatible_server(

@@ -9,12 +9,10 @@ conversations, and a switch that makes the next requests fail with HTTP 500.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -31,6 +29,8 @@ from lattice.openai_conversations import (
     ConversationNotStartedError,
     ConversationsAPIError,
 )
+
+from .local_http import JSONHandler, serve
 
 
 class ConversationsState:
@@ -68,22 +68,11 @@ def conversation_object(conversation_id: str) -> dict[str, Any]:
     return {"id": conversation_id, "object": "conversation", "created_at": 0, "metadata": {}}
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JSONHandler):
     state: ConversationsState
 
-    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
-        pass
-
-    def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def _not_found(self, conversation_id: str) -> None:
-        self._send(
+        self.send_json(
             404,
             {
                 "error": {
@@ -99,17 +88,16 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = {key: values[-1] for key, values in parse_qs(url.query).items()}
         parts = [part for part in url.path.split("/") if part]
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else {}
+        body = self.read_json()
         state = self.state
         with state.lock:
             state.requests.append((method, url.path, query))
             if state.fail_next:
                 state.fail_next -= 1
-                self._send(500, {"error": {"message": "The server had an error."}})
+                self.send_json(500, {"error": {"message": "The server had an error."}})
                 return
             if parts[:1] != ["v1"] or parts[1:2] != ["conversations"]:
-                self._send(404, {"error": {"message": f"no route {url.path}"}})
+                self.send_json(404, {"error": {"message": f"no route {url.path}"}})
                 return
             rest = parts[2:]
             if method == "POST" and not rest:
@@ -117,7 +105,7 @@ class Handler(BaseHTTPRequestHandler):
                 state.conversations[conversation_id] = [
                     state.stored_item(item) for item in body.get("items") or []
                 ]
-                self._send(200, conversation_object(conversation_id))
+                self.send_json(200, conversation_object(conversation_id))
                 return
             conversation_id = rest[0]
             items = state.conversations.get(conversation_id)
@@ -126,7 +114,7 @@ class Handler(BaseHTTPRequestHandler):
                 return
             if method == "DELETE" and len(rest) == 1:
                 del state.conversations[conversation_id]
-                self._send(
+                self.send_json(
                     200, {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
                 )
             elif method == "GET" and rest[1:] == ["items"]:
@@ -134,34 +122,34 @@ class Handler(BaseHTTPRequestHandler):
             elif method == "POST" and rest[1:] == ["items"]:
                 new = body.get("items") or []
                 if not 1 <= len(new) <= 20:
-                    self._send(400, {"error": {"message": "items: 1 to 20 items per request"}})
+                    self.send_json(400, {"error": {"message": "items: 1 to 20 items per request"}})
                     return
                 stored = [state.stored_item(item) for item in new]
                 items.extend(stored)
-                self._send(200, {"object": "list", "data": stored, "has_more": False})
+                self.send_json(200, {"object": "list", "data": stored, "has_more": False})
             elif method == "DELETE" and len(rest) == 3 and rest[1] == "items":
                 state.deleting.set()
                 time.sleep(state.delete_delay)
                 index = next((i for i, item in enumerate(items) if item["id"] == rest[2]), None)
                 if index is None:
-                    self._send(404, {"error": {"message": f"Item '{rest[2]}' not found."}})
+                    self.send_json(404, {"error": {"message": f"Item '{rest[2]}' not found."}})
                     return
                 del items[index]
-                self._send(200, conversation_object(conversation_id))
+                self.send_json(200, conversation_object(conversation_id))
             else:
-                self._send(405, {"error": {"message": f"{method} {url.path}"}})
+                self.send_json(405, {"error": {"message": f"{method} {url.path}"}})
 
     def _list(self, items: list[dict[str, Any]], query: dict[str, str]) -> None:
         limit = int(query.get("limit", "20"))
         if not 1 <= limit <= 100:
-            self._send(400, {"error": {"message": "limit must be 1 to 100"}})
+            self.send_json(400, {"error": {"message": "limit must be 1 to 100"}})
             return
         ordered = list(items) if query.get("order", "desc") == "asc" else items[::-1]
         if "after" in query:
             ids = [item["id"] for item in ordered]
             ordered = ordered[ids.index(query["after"]) + 1 :]
         page = ordered[:limit]
-        self._send(
+        self.send_json(
             200,
             {
                 "object": "list",
@@ -185,16 +173,8 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[tuple[str, ConversationsState]]:
     state = ConversationsState()
-    handler = type("BoundHandler", (Handler,), {"state": state})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with serve(type("BoundHandler", (Handler,), {"state": state})) as base_url:
+        yield base_url, state
 
 
 @pytest.fixture
