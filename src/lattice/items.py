@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_MAX_ITEM_BYTES",
+    "MAX_NESTING_DEPTH",
     "decode_item",
     "encode_item",
     "encode_items",
@@ -22,6 +23,13 @@ __all__ = [
 
 #: Default limit on one item's encoded size: 16 MiB of UTF-8 JSON.
 DEFAULT_MAX_ITEM_BYTES = 16 * 1024 * 1024
+
+#: Deepest accepted nesting of dicts and lists in one item. Without a fixed
+#: limit, json's own limit is whatever stack the caller has left: an item of
+#: 980 levels written from a shallow stack could not be read back by a caller
+#: 50 frames deeper (RecursionError on every get_items; tests/test_hostile.py).
+#: 256 levels leaves readers about 700 frames of room.
+MAX_NESTING_DEPTH = 256
 
 # One encoder for the hot path. ``allow_nan=False`` rejects NaN and the
 # infinities, which are not JSON; ``check_circular`` turns self-reference into
@@ -74,6 +82,21 @@ def _non_string_key(item: dict[str, Any]) -> Any:
 _NO_KEY = object()
 
 
+def _too_deep(item: dict[str, Any], text: str) -> bool:
+    """True if ``item`` nests dicts and lists more than ``MAX_NESTING_DEPTH`` levels."""
+    # Cheap filter first: the depth is at most the number of opening brackets.
+    if text.count("{") + text.count("[") <= MAX_NESTING_DEPTH:
+        return False
+    stack: list[tuple[Any, int]] = [(item, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_NESTING_DEPTH:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list, tuple)))
+    return False
+
+
 def encode_item(item: Any, index: int = 0, max_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> str:
     """Encode one item to its stored JSON text, or raise naming ``index`` and the reason.
 
@@ -102,6 +125,11 @@ def encode_item(item: Any, index: int = 0, max_bytes: int = DEFAULT_MAX_ITEM_BYT
         raise TypeError(
             f"item {index} cannot be stored as JSON: key {bad_key!r} is a "
             f"{type(bad_key).__name__}, but JSON keys must be strings"
+        )
+    if _too_deep(item, text):
+        raise ValueError(
+            f"item {index} cannot be stored as JSON: it is nested more than "
+            f"{MAX_NESTING_DEPTH} levels deep"
         )
     # ASCII text is its own UTF-8 encoding, so the common case costs one scan.
     if text.isascii():
