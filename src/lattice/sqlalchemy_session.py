@@ -275,7 +275,7 @@ class SQLAlchemySession(SessionABC):
             token = uuid.uuid4().hex
             result: Any = _UNSET
             try:
-                async with state.exclusive(), engine.begin() as conn:
+                async with state.exclusive(), state.writer(), engine.begin() as conn:
                     result = await body(conn, stmts, token)
                 return result  # type: ignore[no-any-return]
             except DBAPIError as exc:
@@ -333,6 +333,8 @@ class SQLAlchemySession(SessionABC):
         for attempt in (1, 2):
             try:
                 async with state.exclusive(), engine.connect() as conn:
+                    if state.autocommit_reads:
+                        await conn.execution_options(isolation_level="AUTOCOMMIT")
                     if limit is None:
                         result = await conn.execute(stmts.select_all, {"sid": self.session_id})
                         return [decode_item(row[0]) for row in result]
