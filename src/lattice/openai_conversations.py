@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConversationNotFoundError",
-    "ConversationNotStartedError",
     "ConversationsAPIError",
     "OpenAIConversationsSession",
 ]
@@ -84,14 +83,6 @@ class ConversationsAPIError(LatticeError):
 
 class ConversationNotFoundError(ConversationsAPIError):
     """The conversation does not exist: deleted, mistyped, or owned by another project."""
-
-
-class ConversationNotStartedError(LatticeError, AttributeError):
-    """``session_id`` was read before the conversation was created.
-
-    It is an ``AttributeError`` so that ``hasattr`` and ``getattr(..., default)``
-    treat a not-yet-created conversation id as absent rather than crashing.
-    """
 
 
 def _import_openai() -> Any:
@@ -184,18 +175,13 @@ class OpenAIConversationsSession(SessionABC):
 
     @property
     def session_id(self) -> str:
-        """The conversation's id.
+        """The conversation's id; ``""`` until the conversation has been created.
 
-        Raises:
-            ConversationNotStartedError: no conversation yet; ``await start()``
-                (or any read or non-empty write) creates it.
+        It is always a ``str`` (never raises), so the object satisfies the
+        ``Session`` protocol, ``isinstance`` included, from the start.
+        ``await start()`` (or any read or non-empty write) creates the conversation.
         """
-        if self._conversation_id is None:
-            raise ConversationNotStartedError(
-                "this OpenAIConversationsSession has no conversation yet; it is created on "
-                "first use, or now with `await session.start()`"
-            )
-        return self._conversation_id
+        return self._conversation_id or ""
 
     @session_id.setter
     def session_id(self, value: str) -> None:
