@@ -9,7 +9,8 @@ From the Agents SDK's tables (revision 0001) to Lattice's, in place:
   SDK's naive values in the server's ``TimeZone`` (the zone its
   ``CURRENT_TIMESTAMP`` wrote them in); MySQL converts them as UTC.
 * ``agent_sessions`` gains ``item_count`` (counted from the rows already
-  there) and ``write_tokens``.
+  there) and ``write_tokens``; a session id found only among the messages
+  gets its row (see ``_restore_missing_sessions``).
 * The SDK's ``(session_id, created_at)`` index is replaced by
   ``(session_id, id)``, which orders by the key Lattice reads by.
 * On MySQL the tables become utf8mb4 with a binary collation, and the payload
@@ -135,6 +136,21 @@ def _refuse_sqlite_foreign_keys() -> None:
         )
 
 
+def _restore_missing_sessions() -> None:
+    """Give every session id found among the messages a sessions row.
+
+    On MySQL the SDK's collation folds case and trailing spaces, so it filed
+    ``'bob '`` under the row of ``'bob'``; now that ids are exact, such
+    sessions need rows of their own before the foreign key is restored.
+    """
+    op.execute(
+        f"INSERT INTO {SESSIONS} (session_id, created_at, updated_at) "
+        f"SELECT m.session_id, MIN(m.created_at), MAX(m.created_at) FROM {MESSAGES} m "
+        f"LEFT JOIN {SESSIONS} s ON s.session_id = m.session_id "
+        "WHERE s.session_id IS NULL GROUP BY m.session_id"
+    )
+
+
 def _count_items() -> None:
     op.execute(
         f"UPDATE {SESSIONS} SET item_count = (SELECT COUNT(*) FROM {MESSAGES} "
@@ -148,7 +164,7 @@ def upgrade() -> None:
         _upgrade_sqlite()
     else:
         _upgrade_server(dialect_name)
-    _count_items()
+        _count_items()
 
 
 def _upgrade_server(dialect_name: str) -> None:
@@ -171,6 +187,7 @@ def _upgrade_server(dialect_name: str) -> None:
         op.execute(f"ALTER SEQUENCE {_pg_sequence()} AS BIGINT")
     for column in _new_columns():
         op.add_column(SESSIONS, column)
+    _restore_missing_sessions()
     op.create_index(INDEX, MESSAGES, ["session_id", "id"])
     op.create_foreign_key(
         FK, MESSAGES, SESSIONS, ["session_id"], ["session_id"], ondelete="CASCADE"
@@ -200,6 +217,8 @@ def _upgrade_sqlite() -> None:
             batch.alter_column(column, type_=new, existing_type=old, existing_nullable=False)
         for column in _new_columns():
             batch.add_column(column)
+    _restore_missing_sessions()
+    _count_items()
 
 
 def downgrade() -> None:

@@ -87,6 +87,25 @@ def _progress(line: str) -> None:
     typer.echo(f"  {line}")
 
 
+def _migrate(
+    up: bool, url: str | None, revision: str, sql: bool, from_revision: str | None
+) -> None:
+    url = _require_url(url)
+    if sql:
+        if up:
+            script = migrations.upgrade_sql(url, revision, from_revision=from_revision)
+        elif from_revision:
+            script = migrations.downgrade_sql(url, revision, from_revision=from_revision)
+        else:
+            _fail("downgrade --sql needs --from REVISION (the database's revision)", EXIT_USAGE)
+        typer.echo(_run(script))
+        return
+    typer.echo(f"{'Upgrading' if up else 'Downgrading'} {_shown(url)} to {revision}")
+    step = migrations.upgrade if up else migrations.downgrade
+    _run(step(url, revision, progress=_progress))
+    typer.echo(f"At revision {_run(migrations.current(url)) or 'none'}.")
+
+
 @db_app.command()
 def upgrade(
     revision: str = typer.Argument("head", help="Target revision (default: head)."),
@@ -99,13 +118,7 @@ def upgrade(
     Tables made by the OpenAI Agents SDK, or by create_tables=True, are
     recognised and upgraded in place.
     """
-    url = _require_url(url)
-    if sql:
-        typer.echo(_run(migrations.upgrade_sql(url, revision, from_revision=from_revision)))
-        return
-    typer.echo(f"Upgrading {_shown(url)} to {revision}")
-    _run(migrations.upgrade(url, revision, progress=_progress))
-    typer.echo(f"At revision {_run(migrations.current(url)) or 'none'}.")
+    _migrate(True, url, revision, sql, from_revision)
 
 
 @db_app.command()
@@ -116,15 +129,7 @@ def downgrade(
     from_revision: str | None = FROM_OPTION,
 ) -> None:
     """Downgrade the database to REVISION."""
-    url = _require_url(url)
-    if sql:
-        if not from_revision:
-            _fail("downgrade --sql needs --from REVISION (the database's revision)", EXIT_USAGE)
-        typer.echo(_run(migrations.downgrade_sql(url, revision, from_revision=from_revision)))
-        return
-    typer.echo(f"Downgrading {_shown(url)} to {revision}")
-    _run(migrations.downgrade(url, revision, progress=_progress))
-    typer.echo(f"At revision {_run(migrations.current(url)) or 'none'}.")
+    _migrate(False, url, revision, sql, from_revision)
 
 
 @db_app.command()
