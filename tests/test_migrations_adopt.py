@@ -137,6 +137,24 @@ async def test_tables_matching_no_revision_are_refused(tmp_path: Path) -> None:
         await engine.dispose()
 
 
+async def test_sqlite_connection_in_a_transaction_with_foreign_keys_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Rebuilding SQLite tables with foreign keys on would cascade-delete messages."""
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'fk.db'}")  # foreign keys on
+    try:
+        async with engine.begin() as conn:
+            with pytest.raises(migrations.MigrationError, match="foreign keys are on"):
+                await migrations.upgrade(conn)
+        assert await migrations.current(engine) is None
+        async with engine.connect() as conn:  # outside a transaction: switched off and back
+            await migrations.upgrade(conn)
+            assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
+        assert await migrations.check(engine)
+    finally:
+        await engine.dispose()
+
+
 # -- inside the application's own Alembic environment ---------------------------------
 
 APP_MODELS = """

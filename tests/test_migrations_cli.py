@@ -107,6 +107,9 @@ def test_offline_sql_needs_no_connection() -> None:
     code, out = lattice_db("upgrade", "--sql", "--url", "postgresql://nobody@127.0.0.1:1/x")
     assert code == 0, out
     assert "CREATE TABLE lattice_alembic_version" in out and "CREATE TABLE agent_messages" in out
+    # A %-escaped password survives Alembic's config interpolation.
+    code, out = lattice_db("upgrade", "--sql", "--url", "postgresql://u:p%25w@127.0.0.1:1/x")
+    assert code == 0 and "CREATE TABLE agent_sessions" in out, out
     code, out = lattice_db("downgrade", "base", "--sql", "--url", "mysql://x@127.0.0.1:1/x")
     assert code == EXIT_USAGE and "--from" in out
     code, out = lattice_db(

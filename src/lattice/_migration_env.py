@@ -189,11 +189,20 @@ def _exclusive(connection: Connection, *, external: bool) -> Iterator[None]:
             raise MigrationError(
                 f"another migration has held the lock for {LOCK_TIMEOUT_S} s; try again later"
             )
-    elif dialect == "sqlite" and not external:
-        # The pragma is a no-op inside a transaction; Python's sqlite3 has not
-        # opened one yet, as nothing has been written on this connection.
-        restore_foreign_keys = bool(connection.exec_driver_sql("PRAGMA foreign_keys").scalar())
-        connection.exec_driver_sql("PRAGMA foreign_keys = OFF")
+    elif dialect == "sqlite":
+        foreign_keys = bool(connection.exec_driver_sql("PRAGMA foreign_keys").scalar())
+        if foreign_keys and external:
+            # Refuse before anything runs rather than stop half-way at a rebuild.
+            raise MigrationError(
+                "SQLite foreign keys are on and the connection is inside a transaction, "
+                "where they cannot be switched off for the table rebuilds: pass an engine, "
+                "a URL, or a connection outside a transaction"
+            )
+        if foreign_keys:
+            # The pragma is a no-op inside a transaction; Python's sqlite3 has
+            # not opened one yet, as nothing has been written on this connection.
+            connection.exec_driver_sql("PRAGMA foreign_keys = OFF")
+            restore_foreign_keys = True
     if not external:
         connection.commit()
     try:
