@@ -4,7 +4,7 @@ Hypothesis drives plain (synchronous) test functions; each test owns one
 event loop, on which it creates its engine and tables once and then runs
 every example as a coroutine. Examples use fresh session ids, so they never
 see each other's rows. ``LATTICE_HYPOTHESIS_EXAMPLES`` raises the example
-count (25 by default, to keep ``make test`` quick).
+count (15 by default, to keep ``make test`` quick).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from lattice.schema import lattice_tables
 from tests.conftest import assert_no_checked_out, backend_url
 from tests.reliability import session_on
 
-EXAMPLES = int(os.environ.get("LATTICE_HYPOTHESIS_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("LATTICE_HYPOTHESIS_EXAMPLES", "15"))
 SESSIONS = 3
 
 json_leaf = (
