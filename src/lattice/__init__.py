@@ -22,6 +22,7 @@ from .sqlite_session import SQLiteSession
 
 if TYPE_CHECKING:
     from .openai_conversations import OpenAIConversationsSession
+    from .store import SessionStore
 
 __all__ = [
     "LatticeError",

@@ -11,7 +11,12 @@ adopted in place):
     One row per session: the id, when it was created and last written, how many
     items it holds, and ``write_tokens``, the tokens of its last few committed
     writes (used to learn whether a write whose COMMIT reply was lost did
-    commit; see ``sqlalchemy_session``).
+    commit; see ``sqlalchemy_session``). It is also the catalogue
+    :class:`lattice.SessionStore` lists: ``session_metadata`` holds the
+    application's JSON metadata (text, like the items) and ``owner`` a copy of
+    its ``"owner"`` key, so listing, counting and deleting by owner use an
+    index. ``(updated_at, session_id)`` orders sessions by last activity for
+    keyset pagination and retention.
 ``agent_messages``
     One row per item, ordered by ``id``, a 64-bit key that only grows. The
     index ``(session_id, id)`` serves both "the latest N of a session" and
@@ -50,6 +55,7 @@ __all__ = [
     "DEFAULT_MESSAGES_TABLE",
     "DEFAULT_SESSIONS_TABLE",
     "MAX_SESSION_ID_LENGTH",
+    "METADATA_MAX_BYTES",
     "WRITE_TOKENS_KEPT",
     "WRITE_TOKEN_LENGTH",
     "LatticeTables",
@@ -66,6 +72,8 @@ MAX_SESSION_ID_LENGTH = 255
 #: Each write's token is 32 hex characters; a session row keeps the last 8.
 WRITE_TOKEN_LENGTH = 32
 WRITE_TOKENS_KEPT = 8
+#: Session metadata is JSON text of at most 65,535 bytes (a MySQL ``TEXT``).
+METADATA_MAX_BYTES = 65535
 
 _MYSQL = ("mysql", "mariadb")
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
@@ -212,6 +220,15 @@ def lattice_tables(
             nullable=False,
             server_default="",
         ),
+        # The application's metadata as JSON text (NULL: none), and its
+        # "owner" key copied out where an index can use it. The owner is
+        # compared exactly, like an id (binary on MySQL).
+        Column("session_metadata", Text(), nullable=True),
+        Column("owner", SessionId(), nullable=True),
+        # Newest activity first, with the id as tie-breaker: the keyset of
+        # SessionStore.list_sessions and the range purge() deletes by.
+        Index(f"ix_{sessions_table}_updated_at", "updated_at", "session_id"),
+        Index(f"ix_{sessions_table}_owner", "owner", "updated_at", "session_id"),
         **_MYSQL_TABLE_OPTIONS,
     )
     messages = Table(

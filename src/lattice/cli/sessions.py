@@ -1,0 +1,436 @@
+"""``lattice sessions ...``: list, show, export, import, delete, purge and copy sessions.
+
+Every command takes ``--url`` (else ``LATTICE_DATABASE_URL``). People get
+tables and progress bars (on stderr); scripts get ``--json`` on stdout.
+
+Exit codes: 0 done; 1 the work failed (database error, bad import file, no
+such session, declined confirmation); 2 the command line is wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import re
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from sqlalchemy.exc import DBAPIError
+
+from ..store import SessionStore
+from ..store_query import SessionInfo
+
+__all__ = ["parse_duration", "register"]
+
+URL_ENV_VAR = "LATTICE_DATABASE_URL"
+_T = TypeVar("_T")
+
+app = typer.Typer(
+    name="sessions",
+    help="Inspect and manage stored sessions: list, show, export, import, delete, purge, copy.",
+    no_args_is_help=True,
+)
+_out = Console(highlight=False, soft_wrap=True)
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+_URL = typer.Option(
+    None,
+    "--url",
+    envvar=URL_ENV_VAR,
+    help=f"Database URL (default: ${URL_ENV_VAR}).",
+    show_default=False,
+)
+_JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
+_PREFIX = typer.Option(None, "--prefix", help="Only session ids starting with this text.")
+_OWNER = typer.Option(None, "--owner", help='Only sessions whose metadata "owner" is this.')
+_YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
+_ON_CONFLICT_HELP = "For a session that already exists: skip it, replace it, or append to it."
+_META = typer.Option(None, "--meta", help="Only sessions with metadata KEY=VALUE (repeatable).")
+_IDS = typer.Argument(None, help="Session ids to delete.")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def register(root: typer.Typer) -> None:
+    """Add the ``sessions`` command group to the ``lattice`` command."""
+    root.add_typer(app, name="sessions")
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``"30d"``, ``"12h"``, ``"90m"``, ``"45s"`` or ``"2w"`` as a timedelta.
+
+    Raises:
+        typer.BadParameter: anything else.
+    """
+    match = _DURATION.match(text)
+    if not match:
+        raise typer.BadParameter(
+            f"{text!r} is not a duration; use a number and a unit: 45s, 90m, 12h, 30d, 2w"
+        )
+    return dt.timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+
+
+def _parse_time(text: str | None, option: str) -> dt.datetime | None:
+    if text is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{option}: {text!r} is not an ISO 8601 date or time") from None
+    # A time without an offset is taken as UTC, which is what Lattice stores.
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def _parse_meta(pairs: list[str] | None) -> dict[str, Any] | None:
+    if not pairs:
+        return None
+    metadata: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--meta {pair!r}: use KEY=VALUE")
+        try:
+            # VALUE is JSON when it parses (true, 3, "x", [1]), else plain text.
+            metadata[key] = json.loads(raw)
+        except ValueError:
+            metadata[key] = raw
+    return metadata
+
+
+def _check_policy(on_conflict: str) -> None:
+    if on_conflict not in ("skip", "replace", "append"):
+        raise typer.BadParameter(
+            f"{on_conflict!r}: choose skip, replace or append", param_hint="--on-conflict"
+        )
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    _err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    return typer.Exit(code)
+
+
+def _database_error(exc: DBAPIError) -> str:
+    reason = str(exc.orig or exc).strip().splitlines()[0]
+    if re.search(r"no such table|does not exist|doesn't exist", reason, re.IGNORECASE):
+        return f"{reason}; create the tables with `lattice db upgrade`"
+    return f"database error: {reason}"
+
+
+def _run(url: str | None, work: Callable[[SessionStore], Awaitable[_T]]) -> _T:
+    """Open a store on ``url``, run ``work`` on it, close it; turn failures into exit codes."""
+    if not url:
+        raise typer.BadParameter(f"give --url or set {URL_ENV_VAR}", param_hint="--url")
+
+    async def main() -> _T:
+        async with SessionStore.from_url(url) as store:
+            return await work(store)
+
+    try:
+        return asyncio.run(main())
+    except typer.Exit:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise _fail(str(exc)) from None
+    except ImportError as exc:
+        raise _fail(str(exc)) from None
+    except DBAPIError as exc:
+        raise _fail(_database_error(exc)) from None
+    except OSError as exc:
+        raise _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
+
+
+@contextmanager
+def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr; yields the callback the store calls with each step."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=_err, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _stamp(value: dt.datetime) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+
+
+def _sessions_table(sessions: list[SessionInfo]) -> Table:
+    table = Table(show_lines=False)
+    table.add_column("session id", overflow="fold")
+    table.add_column("owner")
+    table.add_column("items", justify="right")
+    table.add_column("last active (UTC)")
+    table.add_column("created (UTC)")
+    table.add_column("metadata", overflow="ellipsis", max_width=40)
+    for info in sessions:
+        rest = {k: v for k, v in info.metadata.items() if k != "owner"}
+        table.add_row(
+            info.session_id,
+            info.owner or "",
+            str(info.item_count),
+            _stamp(info.updated_at),
+            _stamp(info.created_at),
+            json.dumps(rest, ensure_ascii=False) if rest else "",
+        )
+    return table
+
+
+# -- commands --------------------------------------------------------------------
+
+
+@app.command("list")
+def list_command(
+    url: str | None = _URL,
+    prefix: str | None = _PREFIX,
+    owner: str | None = _OWNER,
+    meta: list[str] | None = _META,
+    after: str | None = typer.Option(None, "--after", help="Last active after (ISO 8601)."),
+    before: str | None = typer.Option(None, "--before", help="Last active before (ISO 8601)."),
+    limit: int = typer.Option(50, "--limit", min=1, max=1000, help="Sessions per page."),
+    cursor: str | None = typer.Option(None, "--cursor", help="Continue from a previous page."),
+    as_json: bool = _JSON,
+) -> None:
+    """List sessions, newest activity first, a page at a time."""
+    filters: dict[str, Any] = {
+        "prefix": prefix,
+        "owner": owner,
+        "metadata": _parse_meta(meta),
+        "updated_after": _parse_time(after, "--after"),
+        "updated_before": _parse_time(before, "--before"),
+    }
+    page = _run(url, lambda store: store.list_sessions(limit=limit, cursor=cursor, **filters))
+    if as_json:
+        _print_json(
+            {"sessions": [i.to_dict() for i in page.sessions], "next_cursor": page.next_cursor}
+        )
+        return
+    if not page.sessions:
+        _err.print("no sessions")
+        return
+    _out.print(_sessions_table(page.sessions))
+    if page.next_cursor:
+        _err.print(f"more: add --cursor {page.next_cursor}")
+
+
+@app.command("show")
+def show_command(
+    session_id: str = typer.Argument(..., help="The session id."),
+    url: str | None = _URL,
+    items: int = typer.Option(20, "--items", min=0, help="How many of the latest items."),
+    as_json: bool = _JSON,
+) -> None:
+    """Show one session: its catalogue row and its latest items."""
+
+    async def work(store: SessionStore) -> tuple[SessionInfo | None, list[dict[str, Any]]]:
+        info = await store.get_info(session_id)
+        if info is None:
+            return None, []
+        return info, await store.session(session_id).get_items(limit=items) if items else []
+
+    info, latest = _run(url, work)
+    if info is None:
+        raise _fail(f"no session {session_id!r}")
+    if as_json:
+        _print_json({**info.to_dict(), "items": latest})
+        return
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("session id", info.session_id)
+    table.add_row("items", str(info.item_count))
+    table.add_row("created (UTC)", _stamp(info.created_at))
+    table.add_row("last active (UTC)", _stamp(info.updated_at))
+    table.add_row("metadata", json.dumps(info.metadata, ensure_ascii=False, indent=1))
+    _out.print(table)
+    if latest:
+        shown = f"latest {len(latest)} of {info.item_count}"
+        _out.print(f"\n[bold]items[/bold] ({shown}, oldest first)")
+        for item in latest:
+            _out.print(json.dumps(item, ensure_ascii=False), markup=False)
+
+
+@app.command("export")
+def export_command(
+    output: str = typer.Argument("-", help="File to write, or - for standard output."),
+    url: str | None = _URL,
+    prefix: str | None = _PREFIX,
+    owner: str | None = _OWNER,
+    as_json: bool = _JSON,
+) -> None:
+    """Export sessions as JSON Lines (format version 1; see docs/store.md)."""
+
+    async def work(store: SessionStore) -> Any:
+        _sessions, total = await store.totals(prefix=prefix, owner=owner)
+        with _progress("exporting items", total) as step:
+            target: Any = sys.stdout if output == "-" else output
+            return await store.export_jsonl(target, prefix=prefix, owner=owner, progress=step)
+
+    result = _run(url, work)
+    summary = {"sessions": result.sessions, "items": result.items}
+    if as_json and output != "-":
+        _print_json(summary)
+    else:
+        where = "standard output" if output == "-" else output
+        _err.print(f"exported {result.sessions} sessions, {result.items} items to {where}")
+
+
+@app.command("import")
+def import_command(
+    source: str = typer.Argument(..., help="A file written by `lattice sessions export`."),
+    on_conflict: str = typer.Option(..., "--on-conflict", help=_ON_CONFLICT_HELP),
+    url: str | None = _URL,
+    as_json: bool = _JSON,
+) -> None:
+    """Import sessions from a JSON Lines export; the file is checked before anything is written."""
+    _check_policy(on_conflict)
+
+    async def work(store: SessionStore) -> Any:
+        with _progress("importing items", None) as step:
+            return await store.import_jsonl(source, on_conflict=on_conflict, progress=step)
+
+    result = _run(url, work)
+    _report_import(result.to_dict(), as_json)
+
+
+def _report_import(counts: dict[str, int], as_json: bool) -> None:
+    if as_json:
+        _print_json(counts)
+        return
+    _err.print(
+        "sessions: {created} created, {replaced} replaced, {appended} appended, "
+        "{skipped} skipped; {items} items written".format(**counts)
+    )
+
+
+def _confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise _fail("refusing to delete without --yes (no terminal to ask on)")
+    if not typer.confirm(question, default=False, err=True):
+        raise _fail("nothing deleted")
+
+
+@app.command("delete")
+def delete_command(
+    session_ids: list[str] | None = _IDS,
+    url: str | None = _URL,
+    owner: str | None = _OWNER,
+    prefix: str | None = _PREFIX,
+    yes: bool = _YES,
+    as_json: bool = _JSON,
+) -> None:
+    """Delete sessions by id, or every session of an --owner or id --prefix."""
+    if not session_ids and owner is None and prefix is None:
+        raise typer.BadParameter("give session ids, --owner or --prefix")
+    if session_ids and (owner is not None or prefix is not None):
+        raise typer.BadParameter("give session ids or a filter (--owner/--prefix), not both")
+
+    async def work(store: SessionStore) -> dict[str, int]:
+        if session_ids:
+            total = {"sessions": 0, "items": 0}
+            for session_id in session_ids:
+                done = await store.delete_session(session_id)
+                total["sessions"] += done.sessions
+                total["items"] += done.items
+            return total
+        count = await store.count(owner=owner, prefix=prefix)
+        if count:
+            _confirm(f"delete {count} sessions?", yes)
+        with _progress("deleting sessions", count) as step:
+            done = await store.delete_sessions(owner=owner, prefix=prefix, progress=step)
+        return {"sessions": done.sessions, "items": done.items}
+
+    if session_ids:
+        _confirm(f"delete {len(session_ids)} session(s)?", yes)
+    _report_deleted(_run(url, work), as_json)
+
+
+def _report_deleted(counts: dict[str, int], as_json: bool) -> None:
+    if as_json:
+        _print_json(counts)
+    else:
+        _err.print(f"deleted {counts['sessions']} sessions, {counts['items']} items")
+
+
+@app.command("purge")
+def purge_command(
+    older_than: str = typer.Option(
+        ..., "--older-than", help="Idle for longer than this: 45s, 90m, 12h, 30d, 2w."
+    ),
+    url: str | None = _URL,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would go."),
+    yes: bool = _YES,
+    as_json: bool = _JSON,
+) -> None:
+    """Delete sessions with no activity for longer than --older-than."""
+    age = parse_duration(older_than)
+
+    async def work(store: SessionStore) -> dict[str, int]:
+        cutoff = dt.datetime.now(dt.timezone.utc) - age
+        sessions, items = await store.totals(updated_before=cutoff)
+        if dry_run or not sessions:
+            return {"sessions": sessions, "items": items, "dry_run": int(dry_run)}
+        _confirm(f"delete {sessions} sessions idle since before {_stamp(cutoff)} UTC?", yes)
+        with _progress("purging sessions", sessions) as step:
+            done = await store.delete_sessions(updated_before=cutoff, progress=step)
+        return {"sessions": done.sessions, "items": done.items}
+
+    counts = _run(url, work)
+    if counts.pop("dry_run", 0):
+        if as_json:
+            _print_json({"would_delete": counts})
+        else:
+            _err.print(f"would delete {counts['sessions']} sessions, {counts['items']} items")
+        return
+    _report_deleted(counts, as_json)
+
+
+@app.command("copy")
+def copy_command(
+    to: str = typer.Option(..., "--to", help="URL of the database to copy into."),
+    url: str | None = _URL,
+    on_conflict: str = typer.Option("skip", "--on-conflict", help=_ON_CONFLICT_HELP),
+    prefix: str | None = _PREFIX,
+    owner: str | None = _OWNER,
+    create_tables: bool = typer.Option(
+        False, "--create-tables", help="Create the tables in the target if missing."
+    ),
+    as_json: bool = _JSON,
+) -> None:
+    """Copy sessions to another database (for example SQLite to PostgreSQL)."""
+    _check_policy(on_conflict)
+
+    async def work(store: SessionStore) -> Any:
+        _sessions, total = await store.totals(prefix=prefix, owner=owner)
+        async with SessionStore.from_url(to, create_tables=create_tables) as target:
+            with _progress("copying items", total) as step:
+                return await store.copy_to(
+                    target, on_conflict=on_conflict, prefix=prefix, owner=owner, progress=step
+                )
+
+    result = _run(url, work)
+    _report_import(result.to_dict(), as_json)
