@@ -23,7 +23,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -44,6 +44,7 @@ from .sqlalchemy_session import SQLAlchemySession, check_session_id
 from .store_query import (
     DeleteResult,
     ExportResult,
+    FilterArgs,
     Filters,
     ImportResult,
     SessionInfo,
@@ -55,6 +56,9 @@ from .store_query import (
     keyset_before,
     merge_patch,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "DeleteResult",
@@ -328,28 +332,14 @@ class SessionStore:
         return await self._transact(body)
 
     async def iter_sessions(
-        self,
-        *,
-        prefix: str | None = None,
-        owner: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        updated_after: dt.datetime | None = None,
-        updated_before: dt.datetime | None = None,
-        newest_first: bool = True,
+        self, *, newest_first: bool = True, **filters: Unpack[FilterArgs]
     ) -> AsyncIterator[SessionInfo]:
         """Every matching session, in activity order, read a chunk at a time.
 
         No connection is held between chunks, so the caller may write while
         iterating. The filters are those of :meth:`list_sessions`.
         """
-        filters = Filters.make(
-            prefix=prefix,
-            owner=owner,
-            metadata=metadata,
-            updated_after=updated_after,
-            updated_before=updated_before,
-        )
-        async for info in self._walk(filters, newest_first=newest_first):
+        async for info in self._walk(Filters.make(**filters), newest_first=newest_first):
             yield info
 
     async def _walk(
@@ -432,27 +422,11 @@ class SessionStore:
         last = found[limit - 1]
         return SessionPage(found[:limit], encode_cursor(last.updated_at, last.session_id))
 
-    async def count(
-        self,
-        *,
-        prefix: str | None = None,
-        owner: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        updated_after: dt.datetime | None = None,
-        updated_before: dt.datetime | None = None,
-    ) -> int:
+    async def count(self, **filters: Unpack[FilterArgs]) -> int:
         """How many sessions match (the filters of :meth:`list_sessions`)."""
-        return (
-            await self.totals(
-                prefix=prefix,
-                owner=owner,
-                metadata=metadata,
-                updated_after=updated_after,
-                updated_before=updated_before,
-            )
-        )[0]
+        return (await self.totals(**filters))[0]
 
-    async def totals(self, **filter_args: Any) -> tuple[int, int]:
+    async def totals(self, **filter_args: Unpack[FilterArgs]) -> tuple[int, int]:
         """``(sessions, items)`` over the matching sessions (for progress bars)."""
         filters = Filters.make(**filter_args)
         if filters.metadata:
@@ -485,15 +459,11 @@ class SessionStore:
     async def delete_sessions(
         self,
         *,
-        prefix: str | None = None,
-        owner: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        updated_after: dt.datetime | None = None,
-        updated_before: dt.datetime | None = None,
         batch_items: int = DEFAULT_BATCH_ITEMS,
         progress: Progress | None = None,
+        **filter_args: Unpack[FilterArgs],
     ) -> DeleteResult:
-        """Delete every session that matches the filters (at least one is required).
+        """Delete every session the filters of :meth:`list_sessions` match (give at least one).
 
         Works in transactions of at most ``batch_items`` items (small sessions
         are deleted many to a transaction), rechecking the filters under the
@@ -503,13 +473,7 @@ class SessionStore:
         Raises:
             ValueError: no filter was given.
         """
-        filters = Filters.make(
-            prefix=prefix,
-            owner=owner,
-            metadata=metadata,
-            updated_after=updated_after,
-            updated_before=updated_before,
-        )
+        filters = Filters.make(**filter_args)
         if filters.empty:
             raise ValueError(
                 "delete_sessions needs a filter (owner, prefix, metadata or a time bound); "

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import Dialect, and_, func, literal, or_
 from sqlalchemy.sql.expression import ColumnElement
@@ -24,6 +24,7 @@ from .sqlalchemy_session import check_session_id
 __all__ = [
     "DeleteResult",
     "ExportResult",
+    "FilterArgs",
     "Filters",
     "ImportResult",
     "SessionInfo",
@@ -181,6 +182,16 @@ def _aware(value: Any, name: str) -> dt.datetime:
     if value.tzinfo is None:
         raise ValueError(f"{name} must be timezone-aware (for example datetime.now(timezone.utc))")
     return value.astimezone(dt.timezone.utc)
+
+
+class FilterArgs(TypedDict, total=False):
+    """The filter keywords the store's listing, counting and deleting methods share."""
+
+    prefix: str | None
+    owner: str | None
+    metadata: Mapping[str, Any] | None
+    updated_after: dt.datetime | None
+    updated_before: dt.datetime | None
 
 
 @dataclass(frozen=True)
