@@ -74,7 +74,8 @@ def _run(coro: Coroutine[Any, Any, _T]) -> _T:
         return asyncio.run(coro)
     except migrations.SchemaBehindError as exc:
         _fail(str(exc), EXIT_BEHIND)
-    except (migrations.MigrationError, ImportError) as exc:
+    except (migrations.MigrationError, ImportError, RuntimeError) as exc:
+        # RuntimeError: a revision refusing to run (its message says why).
         _fail(str(exc))
     except ValueError as exc:
         _fail(str(exc), EXIT_USAGE)
