@@ -148,8 +148,7 @@ async def test_session_ids_with_control_characters_are_exact_and_distinct(
 
 @pytest.fixture
 async def packet(engine: AsyncEngine, backend: str) -> int:
-    if backend != "mysql":
-        pytest.skip("max_allowed_packet is MySQL's")
+    assert backend == "mysql"
     async with engine.connect() as conn:
         limit = int((await conn.execute(text("SELECT @@max_allowed_packet"))).scalar_one())
     if limit > 64 * 1024 * 1024:
@@ -157,6 +156,7 @@ async def packet(engine: AsyncEngine, backend: str) -> int:
     return limit
 
 
+@pytest.mark.only_backends("mysql")  # max_allowed_packet is MySQL's
 async def test_item_over_max_allowed_packet_names_the_setting(
     engine: AsyncEngine, tables: LatticeTables, packet: int
 ) -> None:

@@ -41,11 +41,10 @@ def _turn(index: int, turn: int) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.only_backends("sqlite_file", "postgres", "mysql")  # a file and the servers
 async def test_concurrent_sessions_keep_exact_histories(
     engine: AsyncEngine, tables: LatticeTables, backend: str
 ) -> None:
-    if backend == "sqlite_memory":
-        pytest.skip("load is measured on a file and on the servers")
     prefix = uuid.uuid4().hex[:8]
     sessions = [session_on(engine, tables, f"load-{prefix}-{n}") for n in range(SESSIONS)]
     process = psutil.Process()
