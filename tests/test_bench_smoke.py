@@ -12,11 +12,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import URL
+
 from benchmarks.cli import parse_args, run
 from benchmarks.datasets import DataSet, ensure_data_set
 from benchmarks.impls import make_impl
 from benchmarks.rss import measure
-from sqlalchemy.engine import URL
 
 from .conftest import _check_server
 
