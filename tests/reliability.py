@@ -304,9 +304,14 @@ class CancelAt:
 
 async def settle(timeout: float = 30) -> None:
     """Wait until every other task (a shielded write a cancelled caller left running) ended."""
-    async with asyncio.timeout(timeout):
-        while others := [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+    caller = asyncio.current_task()
+
+    async def wait_all() -> None:
+        waiters = {caller, asyncio.current_task()}
+        while others := [t for t in asyncio.all_tasks() if t not in waiters]:
             await asyncio.wait(others)
+
+    await asyncio.wait_for(wait_all(), timeout)  # asyncio.timeout needs Python 3.11
 
 
 # -- a TCP proxy that can drop replies and cut connections ----------------------------------

@@ -221,9 +221,12 @@ async def proxied(
 
 async def _until(check: Any, timeout: float = 20) -> None:
     """Poll ``check()`` until it is true."""
-    async with asyncio.timeout(timeout):
+
+    async def poll() -> None:
         while not await check():
             await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)  # asyncio.timeout needs Python 3.11
 
 
 async def _lose_commit_reply(

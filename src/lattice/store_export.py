@@ -29,6 +29,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,10 +155,24 @@ class FormatError(ValueError):
     """A line of an import file is not what format version 1 allows."""
 
 
+_FRACTION = re.compile(r"\.(\d{1,6})(?=[+-]|$)")
+
+
+def _fromisoformat(value: str) -> dt.datetime:
+    """``datetime.fromisoformat`` with Python 3.11's leniency on 3.10 too.
+
+    Python 3.10 only takes 3 or 6 fractional digits and no ``Z``; normalise both.
+    """
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    value = _FRACTION.sub(lambda m: "." + m.group(1).ljust(6, "0"), value, count=1)
+    return dt.datetime.fromisoformat(value)
+
+
 def _timestamp(record: dict[str, Any], key: str) -> dt.datetime:
     value = record.get(key)
     try:
-        when = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+        when = _fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
         when = None
     if when is None or when.tzinfo is None:
