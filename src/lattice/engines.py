@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -201,6 +201,15 @@ class EngineState:
     max_packet: int | None = None
     #: Run single-statement reads in AUTOCOMMIT (PostgreSQL; see ``engine_state``).
     autocommit_reads: bool = False
+    #: Run sessions' statements on the driver connection (``lattice.fastpath``)
+    #: when the driver has a fast path; False keeps them on SQLAlchemy's execution.
+    fast_path: bool = True
+    #: Testing hook of the fast path, None (no cost) unless a test sets it:
+    #: awaited as ``trace(when, sql, connection_info)`` before each statement
+    #: (``"before_cursor_execute"``), after it (``"after_cursor_execute"``) and
+    #: before COMMIT (``"commit"``, sql None). ``connection_info`` is the pool
+    #: record's ``info`` dict. tests/reliability.py pauses and cancels calls there.
+    trace: Callable[[str, str | None, dict[Any, Any]], Awaitable[None]] | None = None
     # One lock per loop: asyncio locks belong to the loop they first wait on.
     _create_locks: _LoopLocks = field(default_factory=weakref.WeakKeyDictionary)
     _use_locks: _LoopLocks | None = None
