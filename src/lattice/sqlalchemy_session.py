@@ -226,18 +226,26 @@ class SQLAlchemySession(SessionABC):
             state.created.add(self._tables)
 
     @asynccontextmanager
-    async def _transaction(self, reading: bool = False) -> AsyncIterator[Runner]:
+    async def _transaction(
+        self, reading: bool = False, autocommit: bool = False
+    ) -> AsyncIterator[Runner]:
         """A connection in a transaction (or, ``reading``, for one read), committed at the end.
 
         On the driver fast path (:mod:`lattice.fastpath`) where the engine's
         driver has one, else through SQLAlchemy's ``AsyncConnection``.
+        ``autocommit`` (fast path only): no transaction around the statements.
         """
         engine, stmts, state = await self._bind()
         driver = fastpath.driver_for(engine) if state.fast_path else None
         if driver is not None:
-            enter = fastpath.reading if reading else fastpath.transaction
-            async with enter(engine, state, driver, self._tables) as run:
-                yield run
+            if reading:
+                async with fastpath.reading(engine, state, driver, self._tables) as run:
+                    yield run
+            else:
+                async with fastpath.transaction(
+                    engine, state, driver, self._tables, autocommit
+                ) as run:
+                    yield run
         elif reading:
             async with engine.connect() as conn:
                 if state.autocommit_reads:
@@ -279,11 +287,15 @@ class SQLAlchemySession(SessionABC):
     async def _write(
         self,
         body: Callable[[Runner, str], Awaitable[_T]],
+        autocommit: bool = False,
     ) -> _T:
         """Run ``body`` in one transaction, surviving conflicts and lost connections.
 
         ``body`` gets the connection and this attempt's write token, which its
-        first statement records on the session row.
+        first statement records on the session row. With ``autocommit`` (the
+        fast path's one-statement append) ``body`` runs one statement that
+        commits by itself, so a connection lost once it was sent is treated
+        as a lost COMMIT reply.
 
         * A deadlock or lock timeout rolled back by the server: run again.
         * The connection lost before COMMIT was sent: nothing committed, run again once.
@@ -298,9 +310,14 @@ class SQLAlchemySession(SessionABC):
         while True:
             token = uuid.uuid4().hex
             result: Any = _UNSET
+            attempt: Runner | None = None
             try:
-                async with state.exclusive(), state.writer(), self._transaction() as run:
-                    result = await body(run, token)
+                async with (
+                    state.exclusive(),
+                    state.writer(),
+                    self._transaction(autocommit=autocommit) as attempt,
+                ):
+                    result = await body(attempt, token)
                 return result  # type: ignore[no-any-return]
             except DBAPIError as exc:
                 if is_transient_conflict(exc) and conflicts < _CONFLICT_RETRIES:
@@ -309,7 +326,7 @@ class SQLAlchemySession(SessionABC):
                     continue
                 if not exc.connection_invalidated:
                     raise
-                if result is not _UNSET:
+                if result is not _UNSET or (attempt is not None and attempt.maybe_committed):
                     try:
                         committed = await self._token_committed(state, token)
                     except Exception as check_exc:
@@ -321,7 +338,7 @@ class SQLAlchemySession(SessionABC):
                             f"the connection was lost while committing a write to session "
                             f"{self.session_id!r}, and the database could not be asked "
                             "whether it committed",
-                            result=result,
+                            result=None if result is _UNSET else result,
                         ) from check_exc
                     if committed:
                         return result  # type: ignore[no-any-return]
@@ -379,20 +396,26 @@ class SQLAlchemySession(SessionABC):
         if not texts:
             return
         session_id = self.session_id
-        mysql = is_mysql((await self._bind())[0].dialect)
+        engine, _, state = await self._bind()
+        mysql = is_mysql(engine.dialect)
+        # PostgreSQL on the fast path: the whole append is one statement in
+        # autocommit (fastpath.APPEND; why it is safe is written there).
+        in_one = state.fast_path and fastpath.has_append_in_one(engine)
 
         async def body(run: Runner, token: str) -> None:
+            now = utc_now()
+            head = {"sid": session_id, "now": now, "n": len(texts), "token": token}
+            if in_one:
+                await run.count(fastpath.APPEND, {**head, "texts": texts})
+                return
             if mysql:
                 await self._check_packet(run, texts)
-            now = utc_now()
-            await run.count(
-                "upsert_session", {"sid": session_id, "now": now, "n": len(texts), "token": token}
-            )
+            await run.count("upsert_session", head)
             await run.many(
                 "insert_message", [{"sid": session_id, "data": text, "now": now} for text in texts]
             )
 
-        await self._mutate(lambda: self._write(body))
+        await self._mutate(lambda: self._write(body, autocommit=in_one))
 
     async def _check_packet(self, run: Runner, texts: list[str]) -> None:
         _, _, state = await self._bind()
