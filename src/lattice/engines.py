@@ -55,6 +55,10 @@ _DRIVER_EXTRAS = {
 }
 
 
+#: Connections a Lattice-made engine keeps (SQLAlchemy's default total, 5 + 10).
+_POOL_SIZE = 15
+
+
 def normalize_url(url: str | URL) -> URL:
     """Parse ``url``, mapping a driverless URL to Lattice's async driver.
 
@@ -98,7 +102,9 @@ def make_engine(url: str | URL, **engine_kwargs: Any) -> AsyncEngine:
 
     SQLite files get WAL mode, a busy timeout and foreign keys; in-memory
     SQLite gets one connection (``StaticPool``) so every call sees the same
-    database. A missing driver raises ``ImportError`` naming the extra to install.
+    database. Other engines keep up to 15 pooled connections (``pool_size=15,
+    max_overflow=0``) unless ``pool_size`` or ``max_overflow`` is given. A
+    missing driver raises ``ImportError`` naming the extra to install.
     """
     parsed = normalize_url(url)
     kwargs = dict(engine_kwargs)
@@ -112,6 +118,16 @@ def make_engine(url: str | URL, **engine_kwargs: Any) -> AsyncEngine:
     if backend == "mysql":
         # MySQL closes idle connections after wait_timeout (8 h by default).
         kwargs.setdefault("pool_recycle", 3600)
+    if not memory and "poolclass" not in kwargs and not {"pool_size", "max_overflow"} & set(kwargs):
+        # The same 15 connections at most as SQLAlchemy's default (5 + 10
+        # overflow), but all kept: with more callers than pooled connections,
+        # SQLAlchemy closes an overflow connection on its return whenever five
+        # are idle, and opens a new one on the next checkout. With calls this
+        # short that churn dominated: 50 sessions writing at once on
+        # PostgreSQL opened 134 connections per 1,000 calls, 1,262-1,521
+        # items/s; with 15 kept, 7,161-7,486 items/s (benchmark f, quick sizes).
+        kwargs["pool_size"] = _POOL_SIZE
+        kwargs["max_overflow"] = 0
     try:
         engine = create_async_engine(parsed, **kwargs)
     except (ModuleNotFoundError, NoSuchModuleError) as exc:
