@@ -8,13 +8,14 @@ False``, the path of a dialect without a fast path) still works on its own.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lattice import SQLAlchemySession
-from lattice.engines import engine_state
+from lattice.engines import engine_state, make_engine
 from lattice.schema import LatticeTables
 from tests.reliability import session_on, stored
 
@@ -93,3 +94,13 @@ async def test_sqlalchemy_path_still_works(engine: AsyncEngine, tables: LatticeT
         assert await session.pop_item() is None
     finally:
         state.fast_path = True
+
+
+def test_lattice_engines_keep_fifteen_pooled_connections(tmp_path: Path) -> None:
+    """Overflow connections were closed and reopened under load (docs/performance.md)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'pool.db'}"
+    pool: Any = make_engine(url).sync_engine.pool
+    assert (pool.size(), pool._max_overflow) == (15, 0)
+    # Pool options given by the application are left alone.
+    pool = make_engine(url, pool_size=3).sync_engine.pool
+    assert (pool.size(), pool._max_overflow) == (3, 10)
