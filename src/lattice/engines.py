@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,6 +209,19 @@ def _loop_lock(locks: _LoopLocks) -> asyncio.Lock:
     return lock
 
 
+class _NoLock:
+    """``async with`` that does nothing (an engine that needs no lock)."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
+
+
 @dataclass
 class EngineState:
     """What Lattice remembers about one engine: created tables, locks, read mode."""
@@ -234,17 +247,15 @@ class EngineState:
     def create_lock(self) -> asyncio.Lock:
         return _loop_lock(self._create_locks)
 
-    @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
+    def exclusive(self) -> AbstractAsyncContextManager[Any]:
         """Serialise use of an engine that has one shared connection (``StaticPool``)."""
+        # A plain object, not a generator-based context manager: it is entered
+        # on every call, and costs nothing when there is no lock.
         if self._use_locks is None:
-            yield
-            return
-        async with _loop_lock(self._use_locks):
-            yield
+            return _NO_LOCK
+        return _loop_lock(self._use_locks)
 
-    @asynccontextmanager
-    async def writer(self) -> AsyncIterator[None]:
+    def writer(self) -> AbstractAsyncContextManager[Any]:
         """Serialise this process's write transactions on a SQLite file.
 
         SQLite lets one transaction write at a time. Without this lock,
@@ -257,10 +268,8 @@ class EngineState:
         docs/performance.md). Other processes still meet the busy timeout.
         """
         if self._write_locks is None:
-            yield
-            return
-        async with _loop_lock(self._write_locks):
-            yield
+            return _NO_LOCK
+        return _loop_lock(self._write_locks)
 
 
 _STATE: weakref.WeakKeyDictionary[Any, EngineState] = weakref.WeakKeyDictionary()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
@@ -30,6 +30,7 @@ from .schema import (
 __all__ = ["SQLAlchemySession", "check_session_id"]
 
 _T = TypeVar("_T")
+_Bound = tuple[AsyncEngine, Statements, engines.EngineState]
 _UNSET: Any = object()
 # How often a transaction the server rolled back (deadlock, lock timeout) is rerun.
 _CONFLICT_RETRIES = 5
@@ -225,28 +226,27 @@ class SQLAlchemySession(SessionABC):
                         await conn.run_sync(self._tables.metadata.create_all)
             state.created.add(self._tables)
 
-    @asynccontextmanager
-    async def _transaction(
-        self, reading: bool = False, autocommit: bool = False
-    ) -> AsyncIterator[Runner]:
+    def _transaction(
+        self, bound: _Bound, reading: bool = False, autocommit: bool = False
+    ) -> AbstractAsyncContextManager[Runner]:
         """A connection in a transaction (or, ``reading``, for one read), committed at the end.
 
         On the driver fast path (:mod:`lattice.fastpath`) where the engine's
         driver has one, else through SQLAlchemy's ``AsyncConnection``.
         ``autocommit`` (fast path only): no transaction around the statements.
         """
-        engine, stmts, state = await self._bind()
+        engine, _, state = bound
         driver = fastpath.driver_for(engine) if state.fast_path else None
-        if driver is not None:
-            if reading:
-                async with fastpath.reading(engine, state, driver, self._tables) as run:
-                    yield run
-            else:
-                async with fastpath.transaction(
-                    engine, state, driver, self._tables, autocommit
-                ) as run:
-                    yield run
-        elif reading:
+        if driver is None:
+            return self._sqlalchemy_transaction(bound, reading)
+        if reading:
+            return fastpath.reading(engine, state, driver, self._tables)
+        return fastpath.transaction(engine, state, driver, self._tables, autocommit)
+
+    @asynccontextmanager
+    async def _sqlalchemy_transaction(self, bound: _Bound, reading: bool) -> AsyncIterator[Runner]:
+        engine, stmts, state = bound
+        if reading:
             async with engine.connect() as conn:
                 if state.autocommit_reads:
                     await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -304,7 +304,8 @@ class SQLAlchemySession(SessionABC):
           the write is done; if not, run again once; if the database cannot be
           asked, raise :class:`WriteOutcomeUnknownError`.
         """
-        state = (await self._bind())[2]
+        bound = await self._bind()
+        state = bound[2]
         lost_connection_retries = 1
         conflicts = 0
         while True:
@@ -315,7 +316,7 @@ class SQLAlchemySession(SessionABC):
                 async with (
                     state.exclusive(),
                     state.writer(),
-                    self._transaction(autocommit=autocommit) as attempt,
+                    self._transaction(bound, autocommit=autocommit) as attempt,
                 ):
                     result = await body(attempt, token)
                 return result  # type: ignore[no-any-return]
@@ -328,7 +329,7 @@ class SQLAlchemySession(SessionABC):
                     raise
                 if result is not _UNSET or (attempt is not None and attempt.maybe_committed):
                     try:
-                        committed = await self._token_committed(state, token)
+                        committed = await self._token_committed(bound, token)
                     except Exception as check_exc:
                         # Any failure to ask, not only DBAPIError: a server that
                         # refuses connections makes asyncpg raise a bare
@@ -346,11 +347,11 @@ class SQLAlchemySession(SessionABC):
                     raise
                 lost_connection_retries -= 1
 
-    async def _token_committed(self, state: engines.EngineState, token: str) -> bool:
+    async def _token_committed(self, bound: _Bound, token: str) -> bool:
         # FOR UPDATE waits for a transaction still holding the row (one whose
         # client vanished but whose server side is finishing), so the answer
         # is final, not a race.
-        async with state.exclusive(), self._transaction() as run:
+        async with bound[2].exclusive(), self._transaction(bound) as run:
             rows = await run.rows("read_tokens", {"sid": self.session_id})
         tokens = rows[0][0] if rows else None
         if not tokens:
@@ -369,10 +370,11 @@ class SQLAlchemySession(SessionABC):
         limit = resolve_limit(limit, self.session_settings)
         if limit is not None and limit <= 0:
             return []
-        _, _, state = await self._bind()
+        bound = await self._bind()
+        state = bound[2]
         for attempt in (1, 2):
             try:
-                async with state.exclusive(), self._transaction(reading=True) as run:
+                async with state.exclusive(), self._transaction(bound, reading=True) as run:
                     if limit is None:
                         rows = await run.rows("select_all", {"sid": self.session_id})
                         return [decode_item(row[0]) for row in rows]
