@@ -2,8 +2,10 @@
 
 Used by ``test_faults``, ``test_cancellation``, ``test_properties``, ``test_load``
 and ``test_hostile``. Nothing here mocks the database: pauses stop the real
-driver call inside SQLAlchemy's greenlet, kills are issued by the server, and
-the proxy forwards real bytes to the real server.
+call right before (or after) its driver call, through the fast path's testing
+hook (``EngineState.trace``) or, for statements that run through SQLAlchemy,
+inside SQLAlchemy's greenlet; kills are issued by the server, and the proxy
+forwards real bytes to the real server.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only
 
 from lattice import SQLAlchemySession
+from lattice.engines import engine_state
 from lattice.schema import LatticeTables
 
 
@@ -137,11 +140,14 @@ def instrument(engine: AsyncEngine) -> None:
 
     Each new connection records its server-side id (backend pid / connection
     id); the statement and COMMIT hooks consult the engine's active pauses.
+    The hooks are installed twice over: as the fast path's ``trace`` hook
+    (sessions' statements) and as SQLAlchemy events (anything that runs
+    through SQLAlchemy's execution, such as engines without a fast path).
     """
     sync_engine = engine.sync_engine
     if sync_engine in _PAUSES:
         return
-    pauses: list[Any] = []  # Pause, CancelAt: objects with wants() and stop()
+    pauses: list[Any] = []  # Pause, CancelAt: objects with wants() and halt()
     _PAUSES[sync_engine] = pauses
     # On PostgreSQL a pid can be reused by another backend once ours ended,
     # so a kill also checks the backend's start time: never someone else's.
@@ -172,7 +178,8 @@ def instrument(engine: AsyncEngine) -> None:
             statement = args[1] if args else None
             for pause in list(pauses):
                 if pause.wants(when, statement):
-                    pause.stop(conn)
+                    # Inside SQLAlchemy's greenlet: wait there on the event loop.
+                    await_only(pause.halt(conn.connection.info))
                     return
 
         return _hook
@@ -180,14 +187,21 @@ def instrument(engine: AsyncEngine) -> None:
     for when in ("before_cursor_execute", "after_cursor_execute", "commit"):
         event.listen(sync_engine, when, hook(when))
 
+    async def trace(when: str, statement: str | None, info: dict[Any, Any]) -> None:
+        for pause in list(pauses):
+            if pause.wants(when, statement):
+                await pause.halt(info)
+                return
+
+    engine_state(engine).trace = trace
+
 
 class Pause:
     """Stop the engine's matching statements (or COMMITs) until :meth:`release`.
 
-    The hook runs inside SQLAlchemy's greenlet, so it can wait on an asyncio
-    event with ``await_only``: the session's call is genuinely suspended at
-    that point, with its transaction open on the server. Call
-    :func:`instrument` on the engine first.
+    The session's call is genuinely suspended at that point (in the fast
+    path's trace hook, or inside SQLAlchemy's greenlet), with its transaction
+    open on the server. Call :func:`instrument` on the engine first.
 
     Args:
         engine: The engine the session under test uses.
@@ -222,12 +236,12 @@ class Pause:
             return False
         return self._match is None or (statement is not None and self._match(statement))
 
-    def stop(self, conn: Any) -> None:
+    async def halt(self, info: dict[Any, Any]) -> None:
         self._left -= 1
-        self.server_id = conn.connection.info.get("server_id")
+        self.server_id = info.get("server_id")
         go = self._go
         self.reached.set()
-        await_only(go.wait())
+        await go.wait()
 
     async def wait(self, timeout: float = 20) -> int:
         """Wait until the session reached the pause point; return its server id."""
@@ -296,7 +310,7 @@ class CancelAt:
         self._left -= 1
         return self._left < 0
 
-    def stop(self, _conn: Any) -> None:
+    async def halt(self, _info: dict[Any, Any]) -> None:
         self.fired = True
         self._task.cancel()
         self._pauses.remove(self)

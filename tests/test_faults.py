@@ -67,8 +67,19 @@ def _batch(tag: str, n: int = 5) -> list[dict[str, Any]]:
 
 
 def _is(verb: str, table: str) -> Any:
+    """Match the statement that does ``verb`` on ``table``.
+
+    On PostgreSQL an append is one statement, ``WITH s AS (INSERT INTO
+    <sessions> ...) INSERT INTO <messages> ...`` in autocommit
+    (``lattice.fastpath.APPEND``): both INSERT points are the point before it,
+    "after the insert" is after its commit, and COMMIT is the moment it is sent.
+    """
+
     def match(statement: str) -> bool:
-        return statement.lstrip().upper().startswith(verb) and table in statement
+        upper = statement.lstrip().upper()
+        if upper.startswith("WITH"):
+            return f"{verb} INTO {table.upper()} " in upper
+        return upper.startswith(verb) and table in statement
 
     return match
 
@@ -169,11 +180,13 @@ async def test_killed_twice_raises_and_writes_nothing(
     session = session_on(victim, tables, sid)
     items = _batch("keep", 3)
     await session.add_items(items)
-    # Both attempts die inside the transaction, after their first write.
+    # Both attempts die inside the transaction: an add before it inserts the
+    # items (on PostgreSQL, before its one statement, which would have
+    # committed once it ran), a pop or clear after it locked the session row.
     verb, table = (
         ("INSERT", tables.messages.name) if call == "add" else ("UPDATE", tables.sessions.name)
     )
-    pause = Pause(victim, _is(verb, table), after=True, times=2)
+    pause = Pause(victim, _is(verb, table), after=call != "add", times=2)
     calls = {
         "add": lambda: session.add_items(_batch("lost")),
         "pop": session.pop_item,

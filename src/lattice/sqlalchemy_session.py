@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import engines
+from . import engines, fastpath
 from .dialects import Statements, is_mysql, is_transient_conflict, statements
 from .errors import WriteOutcomeUnknownError
+from .fastpath import Runner
 from .items import DEFAULT_MAX_ITEM_BYTES, decode_item, encode_items
 from .protocol import SessionABC, SessionSettings, coerce_settings, resolve_limit
 from .schema import (
@@ -28,6 +30,7 @@ from .schema import (
 __all__ = ["SQLAlchemySession", "check_session_id"]
 
 _T = TypeVar("_T")
+_Bound = tuple[AsyncEngine, Statements, engines.EngineState]
 _UNSET: Any = object()
 # How often a transaction the server rolled back (deadlock, lock timeout) is rerun.
 _CONFLICT_RETRIES = 5
@@ -223,10 +226,39 @@ class SQLAlchemySession(SessionABC):
                         await conn.run_sync(self._tables.metadata.create_all)
             state.created.add(self._tables)
 
-    async def _max_packet(self, conn: AsyncConnection, state: engines.EngineState) -> int:
+    def _transaction(
+        self, bound: _Bound, reading: bool = False, autocommit: bool = False
+    ) -> AbstractAsyncContextManager[Runner]:
+        """A connection in a transaction (or, ``reading``, for one read), committed at the end.
+
+        On the driver fast path (:mod:`lattice.fastpath`) where the engine's
+        driver has one, else through SQLAlchemy's ``AsyncConnection``.
+        ``autocommit`` (fast path only): no transaction around the statements.
+        """
+        engine, _, state = bound
+        driver = fastpath.driver_for(engine) if state.fast_path else None
+        if driver is None:
+            return self._sqlalchemy_transaction(bound, reading)
+        if reading:
+            return fastpath.reading(engine, state, driver, self._tables)
+        return fastpath.transaction(engine, state, driver, self._tables, autocommit)
+
+    @asynccontextmanager
+    async def _sqlalchemy_transaction(self, bound: _Bound, reading: bool) -> AsyncIterator[Runner]:
+        engine, stmts, state = bound
+        if reading:
+            async with engine.connect() as conn:
+                if state.autocommit_reads:
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                yield fastpath.SQLAlchemyRunner(conn, stmts)
+        else:
+            async with engine.begin() as conn:
+                yield fastpath.SQLAlchemyRunner(conn, stmts)
+
+    async def _max_packet(self, run: Runner, state: engines.EngineState) -> int:
         if state.max_packet is None:
-            result = await conn.exec_driver_sql("SELECT @@max_allowed_packet")
-            state.max_packet = int(result.scalar_one())
+            rows = await run.sql_rows("SELECT @@max_allowed_packet")
+            state.max_packet = int(rows[0][0])
         return state.max_packet
 
     async def _mutate(
@@ -254,12 +286,16 @@ class SQLAlchemySession(SessionABC):
 
     async def _write(
         self,
-        body: Callable[[AsyncConnection, Statements, str], Awaitable[_T]],
+        body: Callable[[Runner, str], Awaitable[_T]],
+        autocommit: bool = False,
     ) -> _T:
         """Run ``body`` in one transaction, surviving conflicts and lost connections.
 
-        ``body`` gets the connection, the statements and this attempt's write
-        token, which its first statement records on the session row.
+        ``body`` gets the connection and this attempt's write token, which its
+        first statement records on the session row. With ``autocommit`` (the
+        fast path's one-statement append) ``body`` runs one statement that
+        commits by itself, so a connection lost once it was sent is treated
+        as a lost COMMIT reply.
 
         * A deadlock or lock timeout rolled back by the server: run again.
         * The connection lost before COMMIT was sent: nothing committed, run again once.
@@ -268,15 +304,21 @@ class SQLAlchemySession(SessionABC):
           the write is done; if not, run again once; if the database cannot be
           asked, raise :class:`WriteOutcomeUnknownError`.
         """
-        engine, stmts, state = await self._bind()
+        bound = await self._bind()
+        state = bound[2]
         lost_connection_retries = 1
         conflicts = 0
         while True:
             token = uuid.uuid4().hex
             result: Any = _UNSET
+            attempt: Runner | None = None
             try:
-                async with state.exclusive(), state.writer(), engine.begin() as conn:
-                    result = await body(conn, stmts, token)
+                async with (
+                    state.exclusive(),
+                    state.writer(),
+                    self._transaction(bound, autocommit=autocommit) as attempt,
+                ):
+                    result = await body(attempt, token)
                 return result  # type: ignore[no-any-return]
             except DBAPIError as exc:
                 if is_transient_conflict(exc) and conflicts < _CONFLICT_RETRIES:
@@ -285,9 +327,9 @@ class SQLAlchemySession(SessionABC):
                     continue
                 if not exc.connection_invalidated:
                     raise
-                if result is not _UNSET:
+                if result is not _UNSET or (attempt is not None and attempt.maybe_committed):
                     try:
-                        committed = await self._token_committed(engine, stmts, state, token)
+                        committed = await self._token_committed(bound, token)
                     except Exception as check_exc:
                         # Any failure to ask, not only DBAPIError: a server that
                         # refuses connections makes asyncpg raise a bare
@@ -297,7 +339,7 @@ class SQLAlchemySession(SessionABC):
                             f"the connection was lost while committing a write to session "
                             f"{self.session_id!r}, and the database could not be asked "
                             "whether it committed",
-                            result=result,
+                            result=None if result is _UNSET else result,
                         ) from check_exc
                     if committed:
                         return result  # type: ignore[no-any-return]
@@ -305,14 +347,13 @@ class SQLAlchemySession(SessionABC):
                     raise
                 lost_connection_retries -= 1
 
-    async def _token_committed(
-        self, engine: AsyncEngine, stmts: Statements, state: engines.EngineState, token: str
-    ) -> bool:
+    async def _token_committed(self, bound: _Bound, token: str) -> bool:
         # FOR UPDATE waits for a transaction still holding the row (one whose
         # client vanished but whose server side is finishing), so the answer
         # is final, not a race.
-        async with state.exclusive(), engine.begin() as conn:
-            tokens = (await conn.execute(stmts.read_tokens, {"sid": self.session_id})).scalar()
+        async with bound[2].exclusive(), self._transaction(bound) as run:
+            rows = await run.rows("read_tokens", {"sid": self.session_id})
+        tokens = rows[0][0] if rows else None
         if not tokens:
             return False
         width = WRITE_TOKEN_LENGTH
@@ -329,19 +370,15 @@ class SQLAlchemySession(SessionABC):
         limit = resolve_limit(limit, self.session_settings)
         if limit is not None and limit <= 0:
             return []
-        engine, stmts, state = await self._bind()
+        bound = await self._bind()
+        state = bound[2]
         for attempt in (1, 2):
             try:
-                async with state.exclusive(), engine.connect() as conn:
-                    if state.autocommit_reads:
-                        await conn.execution_options(isolation_level="AUTOCOMMIT")
+                async with state.exclusive(), self._transaction(bound, reading=True) as run:
                     if limit is None:
-                        result = await conn.execute(stmts.select_all, {"sid": self.session_id})
-                        return [decode_item(row[0]) for row in result]
-                    result = await conn.execute(
-                        stmts.select_latest, {"sid": self.session_id, "lim": limit}
-                    )
-                    rows = result.all()
+                        rows = await run.rows("select_all", {"sid": self.session_id})
+                        return [decode_item(row[0]) for row in rows]
+                    rows = await run.rows("select_latest", {"sid": self.session_id, "lim": limit})
                     return [decode_item(row[0]) for row in reversed(rows)]
             except DBAPIError as exc:
                 # A connection that died while idle in the pool (server restart):
@@ -361,25 +398,30 @@ class SQLAlchemySession(SessionABC):
         if not texts:
             return
         session_id = self.session_id
+        engine, _, state = await self._bind()
+        mysql = is_mysql(engine.dialect)
+        # PostgreSQL on the fast path: the whole append is one statement in
+        # autocommit (fastpath.APPEND; why it is safe is written there).
+        in_one = state.fast_path and fastpath.has_append_in_one(engine)
 
-        async def body(conn: AsyncConnection, stmts: Statements, token: str) -> None:
-            if is_mysql(conn.dialect):
-                await self._check_packet(conn, texts)
+        async def body(run: Runner, token: str) -> None:
             now = utc_now()
-            await conn.execute(
-                stmts.upsert_session,
-                {"sid": session_id, "now": now, "n": len(texts), "token": token},
-            )
-            await conn.execute(
-                stmts.insert_message,
-                [{"sid": session_id, "data": text, "now": now} for text in texts],
+            head = {"sid": session_id, "now": now, "n": len(texts), "token": token}
+            if in_one:
+                await run.count(fastpath.APPEND, {**head, "texts": texts})
+                return
+            if mysql:
+                await self._check_packet(run, texts)
+            await run.count("upsert_session", head)
+            await run.many(
+                "insert_message", [{"sid": session_id, "data": text, "now": now} for text in texts]
             )
 
-        await self._mutate(lambda: self._write(body))
+        await self._mutate(lambda: self._write(body, autocommit=in_one))
 
-    async def _check_packet(self, conn: AsyncConnection, texts: list[str]) -> None:
-        state = engines.engine_state(conn.engine)
-        limit = await self._max_packet(conn, state)
+    async def _check_packet(self, run: Runner, texts: list[str]) -> None:
+        _, _, state = await self._bind()
+        limit = await self._max_packet(run, state)
         for index, text in enumerate(texts):
             size = len(text) if text.isascii() else len(text.encode("utf-8"))
             # The statement around the item needs a little room of its own.
@@ -405,27 +447,25 @@ class SQLAlchemySession(SessionABC):
         """
         session_id = self.session_id
 
-        async def body(
-            conn: AsyncConnection, stmts: Statements, token: str
-        ) -> tuple[int, str] | None:
-            locked = await conn.execute(
-                stmts.lock_session_pop, {"sid": session_id, "now": utc_now(), "token": token}
+        one_statement = (await self._bind())[1].delete_newest_returning is not None
+
+        async def body(run: Runner, token: str) -> tuple[int, str] | None:
+            locked = await run.count(
+                "lock_session_pop", {"sid": session_id, "now": utc_now(), "token": token}
             )
-            if locked.rowcount == 0:
+            if locked == 0:
                 return None
-            if stmts.delete_newest_returning is not None:
-                row = (
-                    await conn.execute(stmts.delete_newest_returning, {"sid": session_id})
-                ).first()
+            if one_statement:
+                rows = await run.rows("delete_newest_returning", {"sid": session_id})
             else:
-                row = (await conn.execute(stmts.select_newest, {"sid": session_id})).first()
-                if row is not None:
-                    await conn.execute(stmts.delete_by_id, {"mid": row[0]})
-            if row is None:
+                rows = await run.rows("select_newest", {"sid": session_id})
+                if rows:
+                    await run.count("delete_by_id", {"mid": rows[0][0]})
+            if not rows:
                 # Nothing to pop: undo the count decrement taken with the lock.
-                await conn.rollback()
+                await run.rollback()
                 return None
-            return int(row[0]), row[1]
+            return int(rows[0][0]), rows[0][1]
 
         try:
             popped: tuple[int, str] | None = await self._mutate(
@@ -443,13 +483,13 @@ class SQLAlchemySession(SessionABC):
         message_id, text = popped
         session_id = self.session_id
 
-        async def body(conn: AsyncConnection, stmts: Statements, token: str) -> None:
+        async def body(run: Runner, token: str) -> None:
             now = utc_now()
-            await conn.execute(
-                stmts.upsert_session, {"sid": session_id, "now": now, "n": 1, "token": token}
+            await run.count(
+                "upsert_session", {"sid": session_id, "now": now, "n": 1, "token": token}
             )
-            await conn.execute(
-                stmts.insert_message_with_id,
+            await run.count(
+                "insert_message_with_id",
                 {"mid": message_id, "sid": session_id, "data": text, "now": now},
             )
 
@@ -459,11 +499,11 @@ class SQLAlchemySession(SessionABC):
         """Remove every item of this session; other sessions are untouched."""
         session_id = self.session_id
 
-        async def body(conn: AsyncConnection, stmts: Statements, token: str) -> None:
-            locked = await conn.execute(
-                stmts.lock_session_clear, {"sid": session_id, "now": utc_now(), "token": token}
+        async def body(run: Runner, token: str) -> None:
+            locked = await run.count(
+                "lock_session_clear", {"sid": session_id, "now": utc_now(), "token": token}
             )
-            if locked.rowcount:
-                await conn.execute(stmts.delete_all, {"sid": session_id})
+            if locked:
+                await run.count("delete_all", {"sid": session_id})
 
         await self._mutate(lambda: self._write(body))

@@ -1,0 +1,106 @@
+"""The driver fast path (``lattice.fastpath``) against SQLAlchemy's execution path.
+
+Sessions run on the fast path wherever the driver has one, so the whole suite
+exercises it. These tests pin what the fast path must not change: what is
+stored, byte for byte, and that the SQLAlchemy path (``EngineState.fast_path =
+False``, the path of a dialect without a fast path) still works on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from lattice import SQLAlchemySession
+from lattice.engines import engine_state, make_engine
+from lattice.schema import LatticeTables
+from tests.reliability import session_on, stored
+
+
+async def _raw_rows(engine: AsyncEngine, tables: LatticeTables, sid: str) -> list[Any]:
+    """The session's rows as the driver returns them (no SQLAlchemy result types)."""
+    s, m = tables.sessions, tables.messages
+    async with engine.connect() as conn:
+        # Found through SQLAlchemy's types: the stored id compares equal.
+        found = await conn.execute(select(s.c.session_id).where(s.c.session_id == sid))
+        assert found.scalar_one() == sid
+        rows = await conn.exec_driver_sql(
+            f"SELECT s.session_id, s.created_at, s.updated_at, s.item_count, "
+            f"m.message_data, m.created_at FROM {s.name} s JOIN {m.name} m "
+            f"ON m.session_id = s.session_id ORDER BY m.id"
+        )
+        return [
+            tuple(row)
+            for row in rows
+            if (row[0].decode() if isinstance(row[0], bytes) else row[0]) == sid
+        ]
+
+
+def _shape(value: Any) -> Any:
+    """What a stored value looks like, independent of its exact content."""
+    if isinstance(value, str):
+        return ("str", len(value), [i for i, ch in enumerate(value) if not ch.isdigit()])
+    return type(value).__name__, getattr(value, "tzinfo", None) is not None
+
+
+async def test_fast_path_stores_what_sqlalchemy_stores(
+    engine: AsyncEngine, tables: LatticeTables
+) -> None:
+    state = engine_state(engine)
+    items = [{"i": 1, "text": "héllo 🚀"}, {"i": 2}]
+    slow = session_on(engine, tables, "via-sqlalchemy ü")
+    fast = session_on(engine, tables, "via-driver ü")
+    state.fast_path = False
+    try:
+        await slow.add_items(items)
+    finally:
+        state.fast_path = True
+    await fast.add_items(items)
+    slow_rows = await _raw_rows(engine, tables, slow.session_id)
+    fast_rows = await _raw_rows(engine, tables, fast.session_id)
+    assert len(slow_rows) == len(fast_rows) == 2
+    for slow_row, fast_row in zip(slow_rows, fast_rows, strict=True):
+        # The id as the same bytes (VARBINARY on MySQL), the payload identical,
+        # the timestamps of the same type and format (SQLite stores text).
+        assert slow_row[0] == slow.session_id.encode() or slow_row[0] == slow.session_id
+        assert type(fast_row[0]) is type(slow_row[0])
+        assert fast_row[3:5] == slow_row[3:5]
+        for index in (1, 2, 5):
+            assert _shape(fast_row[index]) == _shape(slow_row[index])
+    # Each path reads what the other wrote.
+    for session in (slow, fast):
+        for fast_path in (False, True):
+            state.fast_path = fast_path
+            assert await session.get_items() == items
+    state.fast_path = True
+
+
+async def test_sqlalchemy_path_still_works(engine: AsyncEngine, tables: LatticeTables) -> None:
+    """What a dialect without a fast path runs: every call through ``AsyncConnection``."""
+    state = engine_state(engine)
+    state.fast_path = False
+    try:
+        session: SQLAlchemySession = session_on(engine, tables, "slow")
+        batch = [{"n": n} for n in range(5)]
+        await session.add_items(batch)
+        assert await session.get_items(limit=2) == batch[-2:]
+        assert await session.pop_item() == batch[-1]
+        assert await stored(engine, tables, "slow") == batch[:-1]
+        await session.clear_session()
+        assert await session.get_items() == []
+        assert await session.pop_item() is None
+    finally:
+        state.fast_path = True
+
+
+def test_lattice_engines_keep_fifteen_pooled_connections(tmp_path: Path) -> None:
+    """Overflow connections were closed and reopened under load (docs/performance.md)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'pool.db'}"
+    pool: Any = make_engine(url).sync_engine.pool
+    assert (pool.size(), pool._max_overflow) == (15, 0)
+    # Pool options given by the application are left alone.
+    pool = make_engine(url, pool_size=3).sync_engine.pool
+    assert (pool.size(), pool._max_overflow) == (3, 10)
