@@ -144,6 +144,15 @@ def _reason(exc: BaseException) -> str:
     return text[0] if text else type(orig).__name__
 
 
+# Packages whose exceptions a failed connect may raise unwrapped (SQLAlchemy 2.0
+# passes asyncpg's authentication errors through as they are; 2.1 wraps them).
+_DRIVER_PACKAGES = frozenset({"asyncpg", "pymysql", "aiomysql", "sqlite3", "aiosqlite"})
+
+
+def _driver_error(exc: BaseException) -> bool:
+    return type(exc).__module__.partition(".")[0] in _DRIVER_PACKAGES
+
+
 @asynccontextmanager
 async def _connection(target: Target) -> AsyncIterator[AsyncConnection]:
     """An ``AsyncConnection`` to ``target``; only one made here is closed here."""
@@ -154,7 +163,9 @@ async def _connection(target: Target) -> AsyncIterator[AsyncConnection]:
     try:
         try:
             conn = await engine.connect()
-        except (DBAPIError, OSError, TimeoutError) as exc:
+        except Exception as exc:
+            if not isinstance(exc, (DBAPIError, OSError, TimeoutError)) and not _driver_error(exc):
+                raise
             raise DatabaseUnavailableError(
                 f"cannot connect to {_safe_url(engine.url)}: {_reason(exc)}"
             ) from exc
