@@ -19,6 +19,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from ._aio import outlast_cancellation
 from .errors import LatticeError
 from .items import encode_items
 from .protocol import SessionABC, SessionSettings, coerce_settings, resolve_limit
@@ -105,15 +106,6 @@ def _for_conversation(item: dict[str, Any]) -> dict[str, Any]:
     ):
         del clean["id"]
     return clean
-
-
-async def _outlast_cancellation(task: asyncio.Future[_T]) -> None:
-    """Wait until ``task`` is done, ignoring cancellations of the waiter."""
-    while not task.done():
-        try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError:
-            continue
 
 
 class OpenAIConversationsSession(SessionABC):
@@ -326,7 +318,7 @@ class OpenAIConversationsSession(SessionABC):
         try:
             await self._api("delete its newest item", conversation_id, asyncio.shield(delete))
         except asyncio.CancelledError:
-            await _outlast_cancellation(delete)
+            await outlast_cancellation(delete)
             if not delete.cancelled() and delete.exception() is None:
                 put_back = asyncio.ensure_future(
                     self._client.conversations.items.create(
@@ -334,7 +326,7 @@ class OpenAIConversationsSession(SessionABC):
                         items=cast(Any, [_for_conversation(item)]),
                     )
                 )
-                await _outlast_cancellation(put_back)
+                await outlast_cancellation(put_back)
             raise
         except ConversationNotFoundError:
             # The item is gone; whether the conversation is too, the next
@@ -358,7 +350,7 @@ class OpenAIConversationsSession(SessionABC):
             except ConversationNotFoundError:
                 pass
             except asyncio.CancelledError:
-                await _outlast_cancellation(delete)
+                await outlast_cancellation(delete)
                 if not delete.cancelled() and delete.exception() is None:
                     self._conversation_id = None
                 raise

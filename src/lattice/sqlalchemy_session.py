@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, Program
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import engines, fastpath
+from ._aio import outlast_cancellation
 from .dialects import Statements, is_mysql, is_transient_conflict, statements
 from .errors import WriteOutcomeUnknownError
 from .fastpath import Runner
@@ -63,12 +64,8 @@ def check_session_id(session_id: Any) -> str:
 
 
 async def _finish(task: asyncio.Future[_T]) -> _T:
-    """Wait for ``task`` to end, whatever cancellations arrive meanwhile."""
-    while not task.done():
-        try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError:
-            continue
+    """Wait for ``task`` to end, whatever cancellations arrive meanwhile; its result."""
+    await outlast_cancellation(task)
     return task.result()
 
 
