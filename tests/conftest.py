@@ -26,6 +26,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -126,10 +127,11 @@ async def engine(backend: str, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
         await eng.dispose()
 
 
-@pytest.fixture
-async def tables(engine: AsyncEngine) -> AsyncIterator[LatticeTables]:
+@asynccontextmanager
+async def temporary_tables(engine: AsyncEngine, prefix: str = "lt") -> AsyncIterator[LatticeTables]:
+    """A fresh, uniquely named pair of tables on ``engine``, dropped afterwards."""
     tag = uuid.uuid4().hex[:10]
-    made = lattice_tables(f"lt{tag}_sessions", f"lt{tag}_messages")
+    made = lattice_tables(f"{prefix}{tag}_sessions", f"{prefix}{tag}_messages")
     async with engine.begin() as conn:
         await conn.run_sync(made.metadata.create_all)
     try:
@@ -137,6 +139,12 @@ async def tables(engine: AsyncEngine) -> AsyncIterator[LatticeTables]:
     finally:
         async with engine.begin() as conn:
             await conn.run_sync(made.metadata.drop_all)
+
+
+@pytest.fixture
+async def tables(engine: AsyncEngine) -> AsyncIterator[LatticeTables]:
+    async with temporary_tables(engine) as made:
+        yield made
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 from sqlalchemy import update
@@ -13,24 +11,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lattice import SessionStore, SQLAlchemySession
 from lattice.engines import make_engine
-from lattice.schema import LatticeTables, lattice_tables
+from lattice.schema import LatticeTables
 from lattice.store_query import decode_cursor
+
+from .conftest import temporary_tables
 
 UTC = dt.timezone.utc
 
 
-@asynccontextmanager
-async def extra_tables(engine: AsyncEngine) -> AsyncIterator[LatticeTables]:
+def extra_tables(engine: AsyncEngine) -> AbstractAsyncContextManager[LatticeTables]:
     """Another fresh pair of tables on ``engine``, dropped afterwards."""
-    tag = uuid.uuid4().hex[:10]
-    made = lattice_tables(f"lx{tag}_sessions", f"lx{tag}_messages")
-    async with engine.begin() as conn:
-        await conn.run_sync(made.metadata.create_all)
-    try:
-        yield made
-    finally:
-        async with engine.begin() as conn:
-            await conn.run_sync(made.metadata.drop_all)
+    return temporary_tables(engine, prefix="lx")
 
 
 def store_on(engine: AsyncEngine, tables: LatticeTables) -> SessionStore:
