@@ -85,13 +85,25 @@ def _names(prefix: str) -> tuple[str, str]:
     return f"{prefix}_sessions", f"{prefix}_messages"
 
 
-class _Postgres(RawDriver):
+class _ServerDriver(RawDriver):
+    """A server's driver: one held connection, and a pool with ``acquire()`` for ``f``."""
+
     def __init__(self, url: URL) -> None:
         self._url = url
         self._conn: Any = None
         self._pool: Any = None
         self._sql: dict[str, dict[str, str]] = {}
 
+    @asynccontextmanager
+    async def _use(self) -> AsyncIterator[Any]:
+        if self.pooled:
+            async with self._pool.acquire() as conn:
+                yield conn
+        else:
+            yield self._conn
+
+
+class _Postgres(_ServerDriver):
     def _dsn(self) -> dict[str, Any]:
         u = self._url
         return {
@@ -111,14 +123,6 @@ class _Postgres(RawDriver):
     async def close(self) -> None:
         await self._conn.close()
         await self._pool.close()
-
-    @asynccontextmanager
-    async def _use(self) -> AsyncIterator[Any]:
-        if self.pooled:
-            async with self._pool.acquire() as conn:
-                yield conn
-        else:
-            yield self._conn
 
     def _q(self, prefix: str) -> dict[str, str]:
         sql = self._sql.get(prefix)
@@ -168,13 +172,7 @@ class _Postgres(RawDriver):
             return text
 
 
-class _MySQL(RawDriver):
-    def __init__(self, url: URL) -> None:
-        self._url = url
-        self._conn: Any = None
-        self._pool: Any = None
-        self._sql: dict[str, dict[str, str]] = {}
-
+class _MySQL(_ServerDriver):
     def _kw(self) -> dict[str, Any]:
         u = self._url
         return {
@@ -197,14 +195,6 @@ class _MySQL(RawDriver):
         self._conn.close()
         self._pool.close()
         await self._pool.wait_closed()
-
-    @asynccontextmanager
-    async def _use(self) -> AsyncIterator[Any]:
-        if self.pooled:
-            async with self._pool.acquire() as conn:
-                yield conn
-        else:
-            yield self._conn
 
     def _q(self, prefix: str) -> dict[str, str]:
         sql = self._sql.get(prefix)
