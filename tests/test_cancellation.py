@@ -24,10 +24,13 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from lattice import SessionStore
 from lattice.schema import LatticeTables
 from tests.reliability import (
     CancelAt,
     Ledger,
+    Pause,
+    engine_for,
     instrument,
     session_on,
     settle,
@@ -92,6 +95,55 @@ async def test_cancel_at_every_statement(
             break
     else:
         pytest.fail("the call still had statements to cancel after 12")
+
+
+@pytest.mark.only_backends("sqlite_file", "postgres", "mysql")  # a second engine on the data
+@pytest.mark.parametrize("meanwhile", ["clear", "delete"])
+async def test_a_put_back_does_not_undo_a_later_clear_or_delete(
+    engine: AsyncEngine, tables: LatticeTables, meanwhile: str
+) -> None:
+    """A cancelled pop's item stays gone if the session was cleared after the pop.
+
+    The interleaving the random test once hit on PostgreSQL: the pop commits,
+    its caller is cancelled, another caller clears the session (or deletes
+    it), and only then does the item go back. It must not come back: the
+    clear, which came later, would have removed it too.
+    """
+    instrument(engine)
+    session = session_on(engine, tables, _sid(f"late-{meanwhile}"))
+    await session.add_items([{"n": i} for i in range(3)])
+    at_commit = Pause(engine)
+    sessions_name = tables.sessions.name
+    at_put_back = Pause(
+        engine, lambda sql: sql.lstrip().upper().startswith("INSERT") and sessions_name in sql
+    )
+    try:
+        pop = asyncio.ensure_future(session.pop_item())
+        await asyncio.wait_for(at_commit.reached.wait(), 20)
+        pop.cancel()
+        at_commit.release()
+        await asyncio.wait_for(at_put_back.reached.wait(), 20)
+        # The pop has committed and its put-back is about to start: another
+        # process (its own engine, so no lock of this one is involved) acts now.
+        async with engine_for(engine.url) as other:
+            if meanwhile == "clear":
+                await session_on(other, tables, session.session_id).clear_session()
+            else:
+                store = SessionStore(
+                    other, sessions_table=sessions_name, messages_table=tables.messages.name
+                )
+                assert await store.delete_session(session.session_id)
+        at_put_back.release()
+        with pytest.raises(asyncio.CancelledError):
+            await pop
+        await settle()
+    finally:
+        at_commit.close()
+        at_put_back.close()
+    assert await stored(engine, tables, session.session_id) == []
+    assert await stored_count(engine, tables, session.session_id) == (
+        0 if meanwhile == "clear" else None
+    )
 
 
 async def test_random_cancellations_lose_and_duplicate_nothing(

@@ -35,6 +35,16 @@ _Bound = tuple[AsyncEngine, Statements, engines.EngineState]
 _UNSET: Any = object()
 # How often a transaction the server rolled back (deadlock, lock timeout) is rerun.
 _CONFLICT_RETRIES = 5
+# The first character of a clear_session's write token. Other writes' tokens
+# are uuid4 hex, so a put-back can tell from the ring whether a clear
+# committed after the pop it undoes (see SQLAlchemySession._put_back).
+_CLEAR_MARK = "x"
+
+
+def _tokens(ring: str | None) -> list[str]:
+    """The write tokens of a ``write_tokens`` ring, newest first."""
+    ring, width = ring or "", WRITE_TOKEN_LENGTH
+    return [ring[i : i + width] for i in range(0, len(ring), width)]
 
 
 def check_session_id(session_id: Any) -> str:
@@ -285,11 +295,13 @@ class SQLAlchemySession(SessionABC):
         self,
         body: Callable[[Runner, str], Awaitable[_T]],
         autocommit: bool = False,
+        clearing: bool = False,
     ) -> _T:
         """Run ``body`` in one transaction, surviving conflicts and lost connections.
 
         ``body`` gets the connection and this attempt's write token, which its
-        first statement records on the session row. With ``autocommit`` (the
+        first statement records on the session row (``clearing``: a
+        clear_session's token, marked as such). With ``autocommit`` (the
         fast path's one-statement append) ``body`` runs one statement that
         commits by itself, so a connection lost once it was sent is treated
         as a lost COMMIT reply.
@@ -307,6 +319,8 @@ class SQLAlchemySession(SessionABC):
         conflicts = 0
         while True:
             token = uuid.uuid4().hex
+            if clearing:
+                token = _CLEAR_MARK + token[1:]
             result: Any = _UNSET
             attempt: Runner | None = None
             try:
@@ -350,11 +364,7 @@ class SQLAlchemySession(SessionABC):
         # is final, not a race.
         async with bound[2].exclusive(), self._transaction(bound) as run:
             rows = await run.rows("read_tokens", {"sid": self.session_id})
-        tokens = rows[0][0] if rows else None
-        if not tokens:
-            return False
-        width = WRITE_TOKEN_LENGTH
-        return any(tokens[i : i + width] == token for i in range(0, len(tokens), width))
+        return bool(rows) and token in _tokens(rows[0][0])
 
     # -- the Session protocol --------------------------------------------------
 
@@ -446,7 +456,7 @@ class SQLAlchemySession(SessionABC):
 
         one_statement = (await self._bind())[1].delete_newest_returning is not None
 
-        async def body(run: Runner, token: str) -> tuple[int, str] | None:
+        async def body(run: Runner, token: str) -> tuple[int, str, str] | None:
             locked = await run.count(
                 "lock_session_pop", {"sid": session_id, "now": utc_now(), "token": token}
             )
@@ -462,10 +472,10 @@ class SQLAlchemySession(SessionABC):
                 # Nothing to pop: undo the count decrement taken with the lock.
                 await run.rollback()
                 return None
-            return int(rows[0][0]), rows[0][1]
+            return int(rows[0][0]), rows[0][1], token
 
         try:
-            popped: tuple[int, str] | None = await self._mutate(
+            popped: tuple[int, str, str] | None = await self._mutate(
                 lambda: self._write(body), undo=self._put_back
             )
         except WriteOutcomeUnknownError as exc:
@@ -475,16 +485,37 @@ class SQLAlchemySession(SessionABC):
             raise
         return None if popped is None else decode_item(popped[1])
 
-    async def _put_back(self, popped: tuple[int, str]) -> None:
-        """Return a popped item to its old place (its caller was cancelled)."""
-        message_id, text = popped
+    async def _put_back(self, popped: tuple[int, str, str]) -> None:
+        """Return a popped item to its old place (its caller was cancelled).
+
+        Unless the session was cleared or deleted after the pop committed: a
+        ``clear_session`` that came later would have removed the item too, so
+        bringing it back would resurrect cleared history. The session row's
+        token ring tells: a clear's token newer than the pop's, or no row.
+        """
+        message_id, text, pop_token = popped
         session_id = self.session_id
 
         async def body(run: Runner, token: str) -> None:
             now = utc_now()
+            # The upsert first: it takes the session's lock (on SQLite, the
+            # write lock) before the ring is read, so no clear can slip between.
             await run.count(
                 "upsert_session", {"sid": session_id, "now": now, "n": 1, "token": token}
             )
+            ring = await run.rows("read_tokens", {"sid": session_id})
+            since = _tokens(ring[0][0])[1:]  # newest first, without this write's own
+            if pop_token in since:
+                since = since[: since.index(pop_token)]
+            elif not since:
+                # No row before the upsert made one: the session was deleted.
+                await run.rollback()
+                return
+            # (The pop's token gone from a non-empty ring: eight writes since,
+            # or a replaced session. Not knowing, the item goes back.)
+            if any(t.startswith(_CLEAR_MARK) for t in since):
+                await run.rollback()
+                return
             await run.count(
                 "insert_message_with_id",
                 {"mid": message_id, "sid": session_id, "data": text, "now": now},
@@ -503,4 +534,4 @@ class SQLAlchemySession(SessionABC):
             if locked:
                 await run.count("delete_all", {"sid": session_id})
 
-        await self._mutate(lambda: self._write(body))
+        await self._mutate(lambda: self._write(body, clearing=True))
