@@ -11,13 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lattice import SQLAlchemySession
 from lattice.engines import engine_state, make_engine
 from lattice.schema import LatticeTables
-from tests.reliability import session_on, stored
+from tests.reliability import session_on, stored, stored_count
 
 
 async def _raw_rows(engine: AsyncEngine, tables: LatticeTables, sid: str) -> list[Any]:
@@ -104,3 +106,66 @@ def test_lattice_engines_keep_fifteen_pooled_connections(tmp_path: Path) -> None
     # Pool options given by the application are left alone.
     pool = make_engine(url, pool_size=3).sync_engine.pool
     assert (pool.size(), pool._max_overflow) == (3, 10)
+
+
+def _refusing_triggers(dialect: str, messages: str) -> list[str]:
+    """DDL: triggers by which the database refuses inserting 'boom' and deleting 'stuck'."""
+    if dialect == "sqlite":
+        return [
+            f"CREATE TRIGGER {messages}_ins BEFORE INSERT ON {messages} "
+            "WHEN NEW.message_data LIKE '%boom%' BEGIN SELECT RAISE(ABORT, 'boom'); END",
+            f"CREATE TRIGGER {messages}_del BEFORE DELETE ON {messages} "
+            "WHEN OLD.message_data LIKE '%stuck%' BEGIN SELECT RAISE(ABORT, 'stuck'); END",
+        ]
+    if dialect == "postgresql":
+        return [
+            f"CREATE FUNCTION {messages}_refuse() RETURNS trigger AS $$ BEGIN "
+            "IF TG_OP = 'INSERT' AND NEW.message_data LIKE '%boom%' THEN RAISE EXCEPTION 'boom'; "
+            "END IF; IF TG_OP = 'DELETE' AND OLD.message_data LIKE '%stuck%' THEN "
+            "RAISE EXCEPTION 'stuck'; END IF; "
+            "IF TG_OP = 'DELETE' THEN RETURN OLD; END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+            f"CREATE TRIGGER {messages}_refuse BEFORE INSERT OR DELETE ON {messages} "
+            f"FOR EACH ROW EXECUTE FUNCTION {messages}_refuse()",
+        ]
+    return [
+        f"CREATE TRIGGER {messages}_ins BEFORE INSERT ON {messages} FOR EACH ROW BEGIN "
+        "IF LOCATE('boom', NEW.message_data) > 0 THEN SIGNAL SQLSTATE '45000' "
+        "SET MESSAGE_TEXT = 'boom'; END IF; END",
+        f"CREATE TRIGGER {messages}_del BEFORE DELETE ON {messages} FOR EACH ROW BEGIN "
+        "IF LOCATE('stuck', OLD.message_data) > 0 THEN SIGNAL SQLSTATE '45000' "
+        "SET MESSAGE_TEXT = 'stuck'; END IF; END",
+    ]
+
+
+async def test_a_statement_the_database_refuses_leaves_nothing_written(
+    engine: AsyncEngine, tables: LatticeTables
+) -> None:
+    """A write whose later statement fails is rolled back whole, and the session goes on.
+
+    On SQLite the whole write transaction runs in one hand-off to the driver's
+    thread (``Checkout.steps``), so this is the rollback done there.
+    """
+    messages = tables.messages.name
+    async with engine.begin() as conn:
+        for ddl in _refusing_triggers(engine.dialect.name, messages):
+            await conn.exec_driver_sql(ddl)
+    try:
+        session = session_on(engine, tables, "refused")
+        await session.add_items([{"n": 0}, {"n": "stuck"}])
+        with pytest.raises(DBAPIError, match="boom"):
+            await session.add_items([{"n": 1}, {"n": "boom"}, {"n": 2}])
+        assert await stored(engine, tables, "refused") == [{"n": 0}, {"n": "stuck"}]
+        assert await stored_count(engine, tables, "refused") == 2
+        with pytest.raises(DBAPIError, match="stuck"):
+            await session.pop_item()
+        assert await stored(engine, tables, "refused") == [{"n": 0}, {"n": "stuck"}]
+        assert await stored_count(engine, tables, "refused") == 2
+        # The same session and engine go on working.
+        await session.add_items([{"n": 3}])
+        assert await session.pop_item() == {"n": 3}
+        assert await session.get_items() == [{"n": 0}, {"n": "stuck"}]
+        assert await stored_count(engine, tables, "refused") == 2
+    finally:
+        if engine.dialect.name == "postgresql":
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql(f"DROP FUNCTION {messages}_refuse() CASCADE")

@@ -33,6 +33,7 @@ __all__ = [
     "make_engine",
     "normalize_url",
     "shared_engine",
+    "shared_engine_key",
 ]
 
 #: How long a SQLite connection waits for another writer before "database is locked".
@@ -163,22 +164,35 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def shared_engine(url: str | URL, engine_kwargs: dict[str, Any] | None = None) -> AsyncEngine:
+def shared_engine_key(url: URL, engine_kwargs: dict[str, Any]) -> tuple[str, str]:
+    """The key :func:`shared_engine` files ``url`` (normalised) and its options under."""
+    return (url.render_as_string(hide_password=False), _options_key(engine_kwargs))
+
+
+def shared_engine(
+    url: str | URL,
+    engine_kwargs: dict[str, Any] | None = None,
+    *,
+    key: tuple[str, str] | None = None,
+) -> AsyncEngine:
     """Return the process's shared engine for ``url`` and options on the running loop.
 
     In-memory SQLite URLs are not shared: each would be a separate database
-    anyway, so every call gets a new engine.
+    anyway, so every call gets a new engine. ``key``, from
+    :func:`shared_engine_key` on the normalised URL, saves rendering the URL
+    again (sessions keep theirs: this runs on every call).
     """
-    parsed = normalize_url(url)
     kwargs = engine_kwargs or {}
-    if is_sqlite_memory(parsed):
-        return make_engine(parsed, **kwargs)
-    key = (parsed.render_as_string(hide_password=False), _options_key(kwargs))
+    if key is None:
+        parsed = normalize_url(url)
+        if is_sqlite_memory(parsed):
+            return make_engine(parsed, **kwargs)
+        key = shared_engine_key(parsed, kwargs)
     loop = _running_loop()
     engines = _LOOPLESS if loop is None else _SHARED.setdefault(loop, {})
     engine = engines.get(key)
     if engine is None:
-        engine = engines[key] = make_engine(parsed, **kwargs)
+        engine = engines[key] = make_engine(normalize_url(url), **kwargs)
     return engine
 
 

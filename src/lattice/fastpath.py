@@ -58,9 +58,11 @@ __all__ = [
     "Driver",
     "Runner",
     "SQLAlchemyRunner",
+    "Step",
     "driver_for",
     "has_append_in_one",
     "reading",
+    "run_steps",
     "transaction",
 ]
 
@@ -80,6 +82,46 @@ class Runner(Protocol):
     async def sql_rows(self, sql: str) -> Sequence[Sequence[Any]]: ...
 
     async def rollback(self) -> None: ...
+
+    async def steps(self, plan: Sequence[Step]) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class Step:
+    """One statement of a :meth:`Runner.steps` plan.
+
+    ``kind`` is ``"count"`` (rows matched), ``"rows"`` (the rows) or ``"many"``
+    (``params`` is a list of parameter sets; result ``None``). With
+    ``stop_if_empty``, a result of 0 or no rows ends the plan there and rolls
+    the transaction back.
+    """
+
+    kind: str
+    name: str
+    params: Any
+    stop_if_empty: bool = False
+
+
+async def run_steps(runner: Runner, plan: Sequence[Step]) -> list[Any]:
+    """Run ``plan`` one statement at a time on ``runner`` (the general way).
+
+    The results of the statements that ran, in order. A step with
+    ``stop_if_empty`` whose result is empty rolls back and ends the plan.
+    """
+    results: list[Any] = []
+    for step in plan:
+        if step.kind == "many":
+            await runner.many(step.name, step.params)
+            result: Any = None
+        elif step.kind == "rows":
+            result = await runner.rows(step.name, step.params)
+        else:
+            result = await runner.count(step.name, step.params)
+        results.append(result)
+        if step.stop_if_empty and not result:
+            await runner.rollback()
+            break
+    return results
 
 
 class SQLAlchemyRunner:
@@ -106,6 +148,9 @@ class SQLAlchemyRunner:
     async def rollback(self) -> None:
         await self._conn.rollback()
         self.finished = True
+
+    async def steps(self, plan: Sequence[Step]) -> list[Any]:
+        return await run_steps(self, plan)
 
 
 @dataclass(frozen=True)
@@ -255,6 +300,14 @@ class Driver:
         """True when the driver already knows the connection is closed."""
         return False
 
+    def runs_plans(self, conn: Any) -> bool:
+        """True when :meth:`run_plan` can run a whole transaction on ``conn``."""
+        return False
+
+    async def run_plan(self, conn: Any, plan: list[tuple[str, str, Any, bool]]) -> list[Any]:
+        """Run (kind, sql, args, stop_if_empty) statements, then commit; see ``Step``."""
+        raise NotImplementedError
+
 
 class _Asyncpg(Driver):
     # asyncpg runs outside a transaction in autocommit; BEGIN opens one.
@@ -312,6 +365,46 @@ class _Aiosqlite(Driver):
 
     def idle(self, conn: Any) -> bool:
         return not conn.in_transaction
+
+    # A whole write transaction in ONE hand-off to aiosqlite's thread instead
+    # of one per statement plus one for COMMIT: on a pop, the lock, the
+    # DELETE ... RETURNING and the COMMIT (docs/performance.md has the
+    # measurements). aiosqlite has no public way to run a function on its
+    # thread; ``_execute`` (the method its own execute() uses, present since
+    # 0.17) is checked for, and without it plans run statement by statement.
+    def runs_plans(self, conn: Any) -> bool:
+        return callable(getattr(conn, "_execute", None))
+
+    async def run_plan(self, conn: Any, plan: list[tuple[str, str, Any, bool]]) -> list[Any]:
+        return await conn._execute(_sqlite_plan, conn._conn, plan)  # type: ignore[no-any-return]
+
+
+def _sqlite_plan(db: Any, plan: list[tuple[str, str, Any, bool]]) -> list[Any]:
+    """On aiosqlite's thread: run a plan's statements and commit, or roll back on error.
+
+    ``db`` is the ``sqlite3`` connection, which opens the transaction itself
+    before the first write (as it does for aiosqlite's own calls).
+    """
+    results: list[Any] = []
+    try:
+        for kind, sql, args, stop_if_empty in plan:
+            if kind == "many":
+                db.executemany(sql, args)
+                result: Any = None
+            elif kind == "rows":
+                result = db.execute(sql, args).fetchall()
+            else:
+                result = db.execute(sql, args).rowcount
+            results.append(result)
+            if stop_if_empty and not result:
+                db.rollback()
+                return results
+        db.commit()
+    except BaseException:
+        if db.in_transaction:
+            db.rollback()
+        raise
+    return results
 
 
 class _Aiomysql(Driver):
@@ -385,7 +478,7 @@ class Checkout:
         self._compiled = compiled
         self._fairy = fairy
         self._conn = fairy.driver_connection
-        self.finished = False  # the transaction was ended by rollback()
+        self.finished = False  # the transaction was ended (rollback(), or a plan in steps())
         self.autocommit = False  # no BEGIN: each statement commits as it ends
         #: An autocommit statement was sent: a lost connection leaves its outcome unknown.
         self.maybe_committed = False
@@ -430,6 +523,36 @@ class Checkout:
     async def sql_rows(self, sql: str) -> Sequence[Sequence[Any]]:
         """Run literal SQL without parameters (``SELECT @@max_allowed_packet``)."""
         return await self._run(self._driver.rows, sql, ())  # type: ignore[no-any-return]
+
+    async def steps(self, plan: Sequence[Step]) -> list[Any]:
+        """Run ``plan`` and end the transaction: COMMIT, or ROLLBACK where a step stopped it.
+
+        Where the driver can (aiosqlite), the whole plan is one hand-off to the
+        driver; the trace hook then sees every statement, and the COMMIT,
+        before it is sent. Elsewhere the steps run one by one and the
+        transaction block commits as usual.
+        """
+        driver = self._driver
+        if self.autocommit or not driver.runs_plans(self._conn):
+            return await run_steps(self, plan)
+        sent = []
+        for step in plan:
+            c = self._compiled[step.name]
+            args = c.args_many(step.params) if step.kind == "many" else c.args(step.params)
+            sent.append((step.kind, c.sql, args, step.stop_if_empty))
+        if self._state.trace is not None:
+            for _, sql, _, _ in sent:
+                await self._trace("before_cursor_execute", sql)
+            await self._trace("commit", None)
+        try:
+            results = await driver.run_plan(self._conn, sent)
+        except Exception as exc:
+            raise self._error(exc, ";\n".join(sql for _, sql, _, _ in sent), None) from exc
+        self.finished = True
+        if self._state.trace is not None:
+            for _, sql, _, _ in sent[: len(results)]:
+                await self._trace("after_cursor_execute", sql)
+        return results
 
     async def rollback(self) -> None:
         """End the transaction, undoing it."""

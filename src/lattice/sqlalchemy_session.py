@@ -15,7 +15,7 @@ from . import engines, fastpath
 from ._aio import outlast_cancellation
 from .dialects import Statements, is_mysql, is_transient_conflict, statements
 from .errors import WriteOutcomeUnknownError
-from .fastpath import Runner
+from .fastpath import Runner, Step
 from .items import DEFAULT_MAX_ITEM_BYTES, decode_item, encode_items
 from .protocol import SessionABC, SessionSettings, coerce_settings, resolve_limit
 from .schema import (
@@ -123,6 +123,7 @@ class SQLAlchemySession(SessionABC):
         self._fixed_engine: AsyncEngine | None = engine
         self._url: Any = None
         self._engine_kwargs: dict[str, Any] = {}
+        self._engine_key: tuple[str, str] | None = None
 
     def _init(
         self,
@@ -187,8 +188,9 @@ class SQLAlchemySession(SessionABC):
         self._fixed_engine = None
         self._url = parsed
         self._engine_kwargs = options
+        self._engine_key = engines.shared_engine_key(parsed, options)
         # Fail now, not on first use, when the driver is missing.
-        engines.shared_engine(parsed, options)
+        engines.shared_engine(parsed, options, key=self._engine_key)
         return self
 
     @property
@@ -196,7 +198,7 @@ class SQLAlchemySession(SessionABC):
         """The engine this session uses (on the running event loop)."""
         if self._fixed_engine is not None:
             return self._fixed_engine
-        return engines.shared_engine(self._url, self._engine_kwargs)
+        return engines.shared_engine(self._url, self._engine_kwargs, key=self._engine_key)
 
     @property
     def tables(self) -> LatticeTables:
@@ -419,9 +421,9 @@ class SQLAlchemySession(SessionABC):
                 return
             if mysql:
                 await self._check_packet(run, texts)
-            await run.count("upsert_session", head)
-            await run.many(
-                "insert_message", [{"sid": session_id, "data": text, "now": now} for text in texts]
+            rows = [{"sid": session_id, "data": text, "now": now} for text in texts]
+            await run.steps(
+                [Step("count", "upsert_session", head), Step("many", "insert_message", rows)]
             )
 
         await self._mutate(lambda: self._write(body, autocommit=in_one))
@@ -457,20 +459,27 @@ class SQLAlchemySession(SessionABC):
         one_statement = (await self._bind())[1].delete_newest_returning is not None
 
         async def body(run: Runner, token: str) -> tuple[int, str, str] | None:
-            locked = await run.count(
-                "lock_session_pop", {"sid": session_id, "now": utc_now(), "token": token}
+            lock = Step(
+                "count",
+                "lock_session_pop",
+                {"sid": session_id, "now": utc_now(), "token": token},
+                stop_if_empty=True,
             )
-            if locked == 0:
-                return None
+            # Nothing to pop rolls back, undoing the count decrement taken with the lock.
             if one_statement:
-                rows = await run.rows("delete_newest_returning", {"sid": session_id})
+                done = await run.steps(
+                    [lock, Step("rows", "delete_newest_returning", {"sid": session_id}, True)]
+                )
+                rows = done[-1] if len(done) == 2 else []
             else:
-                rows = await run.rows("select_newest", {"sid": session_id})
+                # Not run.steps, which may end the transaction: the DELETE follows.
+                done = await fastpath.run_steps(
+                    run, [lock, Step("rows", "select_newest", {"sid": session_id}, True)]
+                )
+                rows = done[-1] if len(done) == 2 else []
                 if rows:
                     await run.count("delete_by_id", {"mid": rows[0][0]})
             if not rows:
-                # Nothing to pop: undo the count decrement taken with the lock.
-                await run.rollback()
                 return None
             return int(rows[0][0]), rows[0][1], token
 
@@ -528,10 +537,12 @@ class SQLAlchemySession(SessionABC):
         session_id = self.session_id
 
         async def body(run: Runner, token: str) -> None:
-            locked = await run.count(
-                "lock_session_clear", {"sid": session_id, "now": utc_now(), "token": token}
+            params = {"sid": session_id, "now": utc_now(), "token": token}
+            await run.steps(
+                [
+                    Step("count", "lock_session_clear", params, stop_if_empty=True),
+                    Step("count", "delete_all", {"sid": session_id}),
+                ]
             )
-            if locked:
-                await run.count("delete_all", {"sid": session_id})
 
         await self._mutate(lambda: self._write(body, clearing=True))

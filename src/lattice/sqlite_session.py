@@ -60,3 +60,4 @@ class SQLiteSession(SQLAlchemySession):
         else:
             self._url = URL.create("sqlite+aiosqlite", database=os.path.abspath(path))
             self._fixed_engine = None
+            self._engine_key = engines.shared_engine_key(self._url, {})
