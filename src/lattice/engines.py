@@ -211,16 +211,36 @@ async def dispose_engines() -> None:
         await engine.dispose()
 
 
-_LoopLocks = weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
+class _LoopLocks:
+    """One ``asyncio.Lock`` per event loop (an asyncio lock belongs to one loop).
 
+    Taken on every write, so the last loop's lock is kept at hand: a lookup
+    in the weak dictionary cost a few microseconds per call.
+    """
 
-def _loop_lock(locks: _LoopLocks) -> asyncio.Lock:
-    """The lock in ``locks`` for the running loop (asyncio locks belong to one loop)."""
-    loop = asyncio.get_running_loop()
-    lock = locks.get(loop)
-    if lock is None:
-        lock = locks[loop] = asyncio.Lock()
-    return lock
+    __slots__ = ("_last", "_locks")
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], asyncio.Lock] | None = None
+
+    def get(self) -> asyncio.Lock:
+        """The running loop's lock."""
+        loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0]() is loop:
+            return last[1]
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()
+        self._last = (weakref.ref(loop), lock)
+        return lock
+
+    def values(self) -> list[asyncio.Lock]:
+        """Every loop's lock."""
+        return list(self._locks.values())
 
 
 class _NoLock:
@@ -254,12 +274,12 @@ class EngineState:
     #: record's ``info`` dict. tests/reliability.py pauses and cancels calls there.
     trace: Callable[[str, str | None, dict[Any, Any]], Awaitable[None]] | None = None
     # One lock per loop: asyncio locks belong to the loop they first wait on.
-    _create_locks: _LoopLocks = field(default_factory=weakref.WeakKeyDictionary)
+    _create_locks: _LoopLocks = field(default_factory=_LoopLocks)
     _use_locks: _LoopLocks | None = None
     _write_locks: _LoopLocks | None = None
 
     def create_lock(self) -> asyncio.Lock:
-        return _loop_lock(self._create_locks)
+        return self._create_locks.get()
 
     def exclusive(self) -> AbstractAsyncContextManager[Any]:
         """Serialise use of an engine that has one shared connection (``StaticPool``)."""
@@ -267,7 +287,7 @@ class EngineState:
         # on every call, and costs nothing when there is no lock.
         if self._use_locks is None:
             return _NO_LOCK
-        return _loop_lock(self._use_locks)
+        return self._use_locks.get()
 
     def writer(self) -> AbstractAsyncContextManager[Any]:
         """Serialise this process's write transactions on a SQLite file.
@@ -283,7 +303,7 @@ class EngineState:
         """
         if self._write_locks is None:
             return _NO_LOCK
-        return _loop_lock(self._write_locks)
+        return self._write_locks.get()
 
 
 _STATE: weakref.WeakKeyDictionary[Any, EngineState] = weakref.WeakKeyDictionary()
@@ -299,9 +319,9 @@ def engine_state(engine: AsyncEngine) -> EngineState:
         if isinstance(sync_engine.pool, StaticPool):
             # One DBAPI connection shared by every checkout: transactions of
             # concurrent calls would interleave on it, so they take turns.
-            state._use_locks = weakref.WeakKeyDictionary()
+            state._use_locks = _LoopLocks()
         elif dialect == "sqlite":
-            state._write_locks = weakref.WeakKeyDictionary()
+            state._write_locks = _LoopLocks()
         # asyncpg starts a transaction with its own BEGIN round trip and the
         # pool ends it with a ROLLBACK one; in AUTOCOMMIT (a flag on
         # SQLAlchemy's asyncpg adapter, no round trip to set or reset) a read

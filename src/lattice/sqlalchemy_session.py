@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
@@ -36,7 +36,7 @@ _UNSET: Any = object()
 # How often a transaction the server rolled back (deadlock, lock timeout) is rerun.
 _CONFLICT_RETRIES = 5
 # The first character of a clear_session's write token. Other writes' tokens
-# are uuid4 hex, so a put-back can tell from the ring whether a clear
+# are random hex, so a put-back can tell from the ring whether a clear
 # committed after the pop it undoes (see SQLAlchemySession._put_back).
 _CLEAR_MARK = "x"
 
@@ -320,7 +320,8 @@ class SQLAlchemySession(SessionABC):
         lost_connection_retries = 1
         conflicts = 0
         while True:
-            token = uuid.uuid4().hex
+            # Random, like a uuid4's hex, without building a UUID object.
+            token = os.urandom(WRITE_TOKEN_LENGTH // 2).hex()
             if clearing:
                 token = _CLEAR_MARK + token[1:]
             result: Any = _UNSET
