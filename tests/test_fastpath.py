@@ -8,6 +8,7 @@ False``, the path of a dialect without a fast path) still works on its own.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lattice import SQLAlchemySession
 from lattice.engines import engine_state, make_engine
 from lattice.schema import LatticeTables
-from tests.reliability import session_on, stored, stored_count
+from tests.reliability import engine_for, session_on, stored, stored_count
 
 
 async def _raw_rows(engine: AsyncEngine, tables: LatticeTables, sid: str) -> list[Any]:
@@ -169,3 +170,36 @@ async def test_a_statement_the_database_refuses_leaves_nothing_written(
         if engine.dialect.name == "postgresql":
             async with engine.begin() as conn:
                 await conn.exec_driver_sql(f"DROP FUNCTION {messages}_refuse() CASCADE")
+
+
+@pytest.mark.only_backends("sqlite_file", "postgres", "mysql")  # a second engine on the data
+async def test_a_read_leaves_no_transaction_behind(
+    engine: AsyncEngine, tables: LatticeTables
+) -> None:
+    """Each read sees what others committed since, and holds nothing once it returns.
+
+    A read that left its transaction open in the pool (MySQL opens one for a
+    plain SELECT) would keep its snapshot: the next read on that connection
+    would miss later writes, and its metadata lock would block DDL on the table.
+    """
+    session = session_on(engine, tables, "reader")
+    await session.add_items([{"n": 0}])
+    async with engine_for(engine.url) as other:
+        writer = session_on(other, tables, "reader")
+        for n in range(1, 4):
+            # Every pooled connection has read the session before the write.
+            assert await asyncio.gather(*(session.get_items() for _ in range(5))) == [
+                [{"n": i} for i in range(n)]
+            ] * 5
+            await writer.add_items([{"n": n}])
+            assert await session.get_items(limit=1) == [{"n": n}]
+        # No connection of the reader's pool holds the table: DDL goes through at once.
+        async with other.begin() as conn:
+            if other.dialect.name == "mysql":
+                await conn.exec_driver_sql("SET SESSION lock_wait_timeout = 5")
+            elif other.dialect.name == "postgresql":
+                await conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+            await conn.exec_driver_sql(
+                f"CREATE INDEX {tables.messages.name}_extra ON {tables.messages.name} (created_at)"
+            )
+    assert await session.get_items() == [{"n": i} for i in range(4)]

@@ -104,7 +104,8 @@ def make_engine(url: str | URL, **engine_kwargs: Any) -> AsyncEngine:
     SQLite files get WAL mode, a busy timeout and foreign keys; in-memory
     SQLite gets one connection (``StaticPool``) so every call sees the same
     database. Other engines keep up to 15 pooled connections (``pool_size=15,
-    max_overflow=0``) unless ``pool_size`` or ``max_overflow`` is given. A
+    max_overflow=0``) unless ``pool_size`` or ``max_overflow`` is given, and
+    hand out the most recently used one first (``pool_use_lifo=True``). A
     missing driver raises ``ImportError`` naming the extra to install.
     """
     parsed = normalize_url(url)
@@ -119,6 +120,15 @@ def make_engine(url: str | URL, **engine_kwargs: Any) -> AsyncEngine:
     if backend == "mysql":
         # MySQL closes idle connections after wait_timeout (8 h by default).
         kwargs.setdefault("pool_recycle", 3600)
+    if not memory and kwargs.get("poolclass") is None:
+        # Hand out the most recently used connection: its server process (or
+        # aiosqlite thread) is still warm. First-in-first-out cycled a
+        # sequence of calls through all 15: get_items(limit=20) on PostgreSQL
+        # took 308 us per call that way and 252 us last-in-first-out (median
+        # of 5 interleaved runs of 3,000 calls; raw asyncpg on one held
+        # connection about 190 us). Idle connections beyond what the load
+        # needs also stay idle, where server timeouts can retire them.
+        kwargs.setdefault("pool_use_lifo", True)
     if not memory and "poolclass" not in kwargs and not {"pool_size", "max_overflow"} & set(kwargs):
         # The same 15 connections at most as SQLAlchemy's default (5 + 10
         # overflow), but all kept: with more callers than pooled connections,

@@ -304,6 +304,12 @@ class Driver:
         """True when :meth:`run_plan` can run a whole transaction on ``conn``."""
         return False
 
+    async def read_and_end(
+        self, conn: Any, sql: str, args: tuple[Any, ...]
+    ) -> Sequence[Sequence[Any]]:
+        """A read that also ends the transaction it opened (``reads_open_transaction``)."""
+        raise NotImplementedError
+
     async def run_plan(self, conn: Any, plan: list[tuple[str, str, Any, bool]]) -> list[Any]:
         """Run (kind, sql, args, stop_if_empty) statements, then commit; see ``Step``."""
         raise NotImplementedError
@@ -414,6 +420,20 @@ class _Aiomysql(Driver):
     # pool (the server does not flag a transaction that has only read).
     reads_open_transaction = True
 
+    async def read_and_end(
+        self, conn: Any, sql: str, args: tuple[Any, ...]
+    ) -> Sequence[Sequence[Any]]:
+        # The SELECT and its ROLLBACK in one round trip: aiomysql always
+        # connects with CLIENT.MULTI_STATEMENTS, and interpolates the
+        # arguments itself, so the two statements go as one query and come
+        # back as two results (closing the cursor reads the second). If the
+        # SELECT fails the server skips the ROLLBACK, and the error path rolls
+        # back. get_items(limit=20) on MariaDB: 2 round trips -> 1 (see
+        # docs/performance.md).
+        async with conn.cursor() as cursor:
+            await cursor.execute(sql + "; ROLLBACK", args)
+            return await cursor.fetchall()  # type: ignore[no-any-return]
+
     async def begin(self, conn: Any) -> None:
         return None
 
@@ -480,6 +500,7 @@ class Checkout:
         self._conn = fairy.driver_connection
         self.finished = False  # the transaction was ended (rollback(), or a plan in steps())
         self.autocommit = False  # no BEGIN: each statement commits as it ends
+        self.reading = False  # a block of single-statement reads (``reading()``)
         #: An autocommit statement was sent: a lost connection leaves its outcome unknown.
         self.maybe_committed = False
 
@@ -508,7 +529,13 @@ class Checkout:
     async def rows(self, name: str, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
         """Run a statement and return its rows."""
         c = self._compiled[name]
-        return await self._run(self._driver.rows, c.sql, c.args(params))  # type: ignore[no-any-return]
+        driver = self._driver
+        if self.reading and driver.reads_open_transaction:
+            # A read block's statement ends the transaction it opened itself.
+            rows = await self._run(driver.read_and_end, c.sql, c.args(params))
+            self.finished = True
+            return rows  # type: ignore[no-any-return]
+        return await self._run(driver.rows, c.sql, c.args(params))  # type: ignore[no-any-return]
 
     async def count(self, name: str, params: Mapping[str, Any]) -> int:
         """Run a statement and return the number of rows it matched."""
@@ -618,11 +645,10 @@ class Checkout:
         """Return the connection to the pool, or close it if not known to be idle."""
         fairy = self._fairy
         driver = self._driver
-        if fairy.is_valid and (
-            not clean or not driver.idle(self._conn) or (read and driver.reads_open_transaction)
-        ):
+        read_left_open = read and driver.reads_open_transaction and not self.finished
+        if fairy.is_valid and (not clean or not driver.idle(self._conn) or read_left_open):
             if clean:
-                # A read on MySQL ends its implicit transaction here.
+                # A MySQL read whose statement did not end its transaction.
                 try:
                     await self._driver.rollback(self._conn)
                 except Exception as exc:
@@ -709,6 +735,7 @@ async def reading(
 ) -> AsyncIterator[Checkout]:
     """A connection for single-statement reads (no BEGIN; autocommit where the driver is)."""
     co = await _checkout(engine, state, driver, tables)
+    co.reading = True
     try:
         yield co
     except BaseException as exc:
