@@ -203,3 +203,16 @@ async def test_a_read_leaves_no_transaction_behind(
                 f"CREATE INDEX {tables.messages.name}_extra ON {tables.messages.name} (created_at)"
             )
     assert await session.get_items() == [{"n": i} for i in range(4)]
+
+
+async def test_an_append_too_big_for_one_query_still_lands_whole(
+    engine: AsyncEngine, tables: LatticeTables
+) -> None:
+    """A batch over 1 MB goes statement by statement on MySQL, not as one query."""
+    session = session_on(engine, tables, "big-batch")
+    batch = [{"n": n, "text": "é'\\\"" * 100_000} for n in range(5)]  # about 2.5 MB
+    await session.add_items([{"n": "first"}])
+    await session.add_items(batch)
+    assert await stored(engine, tables, "big-batch") == [{"n": "first"}, *batch]
+    assert await stored_count(engine, tables, "big-batch") == 6
+    assert await session.pop_item() == batch[-1]

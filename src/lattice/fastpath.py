@@ -300,8 +300,8 @@ class Driver:
         """True when the driver already knows the connection is closed."""
         return False
 
-    def runs_plans(self, conn: Any) -> bool:
-        """True when :meth:`run_plan` can run a whole transaction on ``conn``."""
+    def runs_plans(self, conn: Any, plan: Sequence[Step]) -> bool:
+        """True when :meth:`run_plan` can run this whole transaction on ``conn``."""
         return False
 
     async def read_and_end(
@@ -311,7 +311,11 @@ class Driver:
         raise NotImplementedError
 
     async def run_plan(self, conn: Any, plan: list[tuple[str, str, Any, bool]]) -> list[Any]:
-        """Run (kind, sql, args, stop_if_empty) statements, then commit; see ``Step``."""
+        """Run (kind, sql, args, stop_if_empty) statements, then commit; see ``Step``.
+
+        The results of the statements that ran, or ``[]`` when the driver
+        declines the plan before sending anything (it then runs step by step).
+        """
         raise NotImplementedError
 
 
@@ -378,7 +382,7 @@ class _Aiosqlite(Driver):
     # measurements). aiosqlite has no public way to run a function on its
     # thread; ``_execute`` (the method its own execute() uses, present since
     # 0.17) is checked for, and without it plans run statement by statement.
-    def runs_plans(self, conn: Any) -> bool:
+    def runs_plans(self, conn: Any, plan: Sequence[Step]) -> bool:
         return callable(getattr(conn, "_execute", None))
 
     async def run_plan(self, conn: Any, plan: list[tuple[str, str, Any, bool]]) -> list[Any]:
@@ -433,6 +437,43 @@ class _Aiomysql(Driver):
         async with conn.cursor() as cursor:
             await cursor.execute(sql + "; ROLLBACK", args)
             return await cursor.fetchall()  # type: ignore[no-any-return]
+
+    # A write transaction as ONE query (statements joined by ";", then
+    # COMMIT), answered by one result per statement: one round trip instead of
+    # one per statement plus one for COMMIT. aiomysql interpolates arguments
+    # on the client and always connects with CLIENT.MULTI_STATEMENTS. Only for
+    # plans that never stop early (the server runs every statement sent) and
+    # whose query stays under aiomysql's own statement size (1 MB), so a big
+    # append still goes as executemany's chunks; an item near
+    # max_allowed_packet is refused before (``_check_packet``).
+    MAX_PLAN_BYTES = 1_024_000
+
+    def runs_plans(self, conn: Any, plan: Sequence[Step]) -> bool:
+        return not any(step.stop_if_empty for step in plan)
+
+    async def run_plan(self, conn: Any, plan: list[tuple[str, str, Any, bool]]) -> list[Any]:
+        async with conn.cursor() as cursor:
+            parts = []
+            for kind, sql, args, _ in plan:
+                if kind == "many":
+                    # INSERT ... VALUES (...) as one multi-row INSERT, as executemany does.
+                    head, values = sql.rsplit(" VALUES ", 1)
+                    rows = ",".join(cursor.mogrify(values, row) for row in args)
+                    parts.append(f"{head} VALUES {rows}")
+                else:
+                    parts.append(cursor.mogrify(sql, args))
+            query = ";\n".join([*parts, "COMMIT"])
+            # Binary values (the session id) come back from escaping as
+            # surrogate-escaped text, which aiomysql encodes the same way.
+            size = len(query.encode("utf-8", "surrogateescape"))
+            if size > self.MAX_PLAN_BYTES:
+                return []  # too big for one query: the caller runs the steps one by one
+            results: list[Any] = []
+            await cursor.execute(query)
+            for kind, _, _, _ in plan:
+                results.append(await cursor.fetchall() if kind == "rows" else cursor.rowcount)
+                await cursor.nextset()
+            return results
 
     async def begin(self, conn: Any) -> None:
         return None
@@ -560,7 +601,7 @@ class Checkout:
         transaction block commits as usual.
         """
         driver = self._driver
-        if self.autocommit or not driver.runs_plans(self._conn):
+        if self.autocommit or not driver.runs_plans(self._conn, plan):
             return await run_steps(self, plan)
         sent = []
         for step in plan:
@@ -571,10 +612,17 @@ class Checkout:
             for _, sql, _, _ in sent:
                 await self._trace("before_cursor_execute", sql)
             await self._trace("commit", None)
+        if not driver.closed(self._conn):
+            # COMMIT goes with the statements: if the reply is lost, it may have committed.
+            self.maybe_committed = True
         try:
             results = await driver.run_plan(self._conn, sent)
         except Exception as exc:
             raise self._error(exc, ";\n".join(sql for _, sql, _, _ in sent), None) from exc
+        if not results and plan:
+            # The driver declined this plan (too big for one query): step by step.
+            self.maybe_committed = False
+            return await run_steps(self, plan)
         self.finished = True
         if self._state.trace is not None:
             for _, sql, _, _ in sent[: len(results)]:
