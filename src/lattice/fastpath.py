@@ -72,6 +72,10 @@ class Runner(Protocol):
 
     finished: bool
     maybe_committed: bool
+    #: What the write returns if its transaction turns out to have committed,
+    #: set by a body before a statement that commits (``steps``), so a lost
+    #: reply can still hand it over (``SQLAlchemySession._write``).
+    if_committed: Any
 
     async def rows(self, name: str, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]: ...
 
@@ -83,7 +87,7 @@ class Runner(Protocol):
 
     async def rollback(self) -> None: ...
 
-    async def steps(self, plan: Sequence[Step]) -> list[Any]: ...
+    async def steps(self, plan: Sequence[Step], commit: bool = True) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,7 @@ class SQLAlchemyRunner:
         self._stmts = stmts
         self.finished = False
         self.maybe_committed = False
+        self.if_committed: Any = None
 
     async def rows(self, name: str, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
         return (await self._conn.execute(getattr(self._stmts, name), params)).all()
@@ -149,7 +154,7 @@ class SQLAlchemyRunner:
         await self._conn.rollback()
         self.finished = True
 
-    async def steps(self, plan: Sequence[Step]) -> list[Any]:
+    async def steps(self, plan: Sequence[Step], commit: bool = True) -> list[Any]:
         return await run_steps(self, plan)
 
 
@@ -310,8 +315,10 @@ class Driver:
         """A read that also ends the transaction it opened (``reads_open_transaction``)."""
         raise NotImplementedError
 
-    async def run_plan(self, conn: Any, plan: list[tuple[str, str, Any, bool]]) -> list[Any]:
-        """Run (kind, sql, args, stop_if_empty) statements, then commit; see ``Step``.
+    async def run_plan(
+        self, conn: Any, plan: list[tuple[str, str, Any, bool]], commit: bool
+    ) -> list[Any]:
+        """Run (kind, sql, args, stop_if_empty) statements, then commit if asked; see ``Step``.
 
         The results of the statements that ran, or ``[]`` when the driver
         declines the plan before sending anything (it then runs step by step).
@@ -385,12 +392,14 @@ class _Aiosqlite(Driver):
     def runs_plans(self, conn: Any, plan: Sequence[Step]) -> bool:
         return callable(getattr(conn, "_execute", None))
 
-    async def run_plan(self, conn: Any, plan: list[tuple[str, str, Any, bool]]) -> list[Any]:
-        return await conn._execute(_sqlite_plan, conn._conn, plan)  # type: ignore[no-any-return]
+    async def run_plan(
+        self, conn: Any, plan: list[tuple[str, str, Any, bool]], commit: bool
+    ) -> list[Any]:
+        return await conn._execute(_sqlite_plan, conn._conn, plan, commit)  # type: ignore[no-any-return]
 
 
-def _sqlite_plan(db: Any, plan: list[tuple[str, str, Any, bool]]) -> list[Any]:
-    """On aiosqlite's thread: run a plan's statements and commit, or roll back on error.
+def _sqlite_plan(db: Any, plan: list[tuple[str, str, Any, bool]], commit: bool) -> list[Any]:
+    """On aiosqlite's thread: run a plan's statements (and commit), or roll back on error.
 
     ``db`` is the ``sqlite3`` connection, which opens the transaction itself
     before the first write (as it does for aiosqlite's own calls).
@@ -409,7 +418,8 @@ def _sqlite_plan(db: Any, plan: list[tuple[str, str, Any, bool]]) -> list[Any]:
             if stop_if_empty and not result:
                 db.rollback()
                 return results
-        db.commit()
+        if commit:
+            db.commit()
     except BaseException:
         if db.in_transaction:
             db.rollback()
@@ -451,7 +461,9 @@ class _Aiomysql(Driver):
     def runs_plans(self, conn: Any, plan: Sequence[Step]) -> bool:
         return not any(step.stop_if_empty for step in plan)
 
-    async def run_plan(self, conn: Any, plan: list[tuple[str, str, Any, bool]]) -> list[Any]:
+    async def run_plan(
+        self, conn: Any, plan: list[tuple[str, str, Any, bool]], commit: bool
+    ) -> list[Any]:
         async with conn.cursor() as cursor:
             parts = []
             for kind, sql, args, _ in plan:
@@ -462,7 +474,7 @@ class _Aiomysql(Driver):
                     parts.append(f"{head} VALUES {rows}")
                 else:
                     parts.append(cursor.mogrify(sql, args))
-            query = ";\n".join([*parts, "COMMIT"])
+            query = ";\n".join([*parts, "COMMIT"] if commit else parts)
             # Binary values (the session id) come back from escaping as
             # surrogate-escaped text, which aiomysql encodes the same way.
             size = len(query.encode("utf-8", "surrogateescape"))
@@ -544,6 +556,7 @@ class Checkout:
         self.reading = False  # a block of single-statement reads (``reading()``)
         #: An autocommit statement was sent: a lost connection leaves its outcome unknown.
         self.maybe_committed = False
+        self.if_committed: Any = None
 
     async def _trace(self, when: str, sql: str | None) -> None:
         trace = self._state.trace
@@ -592,13 +605,14 @@ class Checkout:
         """Run literal SQL without parameters (``SELECT @@max_allowed_packet``)."""
         return await self._run(self._driver.rows, sql, ())  # type: ignore[no-any-return]
 
-    async def steps(self, plan: Sequence[Step]) -> list[Any]:
-        """Run ``plan`` and end the transaction: COMMIT, or ROLLBACK where a step stopped it.
+    async def steps(self, plan: Sequence[Step], commit: bool = True) -> list[Any]:
+        """Run ``plan``; with ``commit``, end the transaction (ROLLBACK where a step stopped it).
 
-        Where the driver can (aiosqlite), the whole plan is one hand-off to the
-        driver; the trace hook then sees every statement, and the COMMIT,
-        before it is sent. Elsewhere the steps run one by one and the
-        transaction block commits as usual.
+        Where the driver can (aiosqlite: one hand-off to its thread; aiomysql:
+        one query), the whole plan goes to the driver at once; the trace hook
+        then sees every statement, and the COMMIT, before they are sent.
+        Elsewhere the steps run one by one (and the transaction block commits
+        as usual). Without ``commit`` the transaction stays open.
         """
         driver = self._driver
         if self.autocommit or not driver.runs_plans(self._conn, plan):
@@ -611,19 +625,22 @@ class Checkout:
         if self._state.trace is not None:
             for _, sql, _, _ in sent:
                 await self._trace("before_cursor_execute", sql)
-            await self._trace("commit", None)
-        if not driver.closed(self._conn):
+            if commit:
+                await self._trace("commit", None)
+        if commit and not driver.closed(self._conn):
             # COMMIT goes with the statements: if the reply is lost, it may have committed.
             self.maybe_committed = True
         try:
-            results = await driver.run_plan(self._conn, sent)
+            results = await driver.run_plan(self._conn, sent, commit)
         except Exception as exc:
             raise self._error(exc, ";\n".join(sql for _, sql, _, _ in sent), None) from exc
         if not results and plan:
             # The driver declined this plan (too big for one query): step by step.
             self.maybe_committed = False
             return await run_steps(self, plan)
-        self.finished = True
+        stopped = any(st.stop_if_empty and not r for st, r in zip(plan, results, strict=False))
+        if commit or stopped:
+            self.finished = True  # committed, or rolled back where a step stopped it
         if self._state.trace is not None:
             for _, sql, _, _ in sent[: len(results)]:
                 await self._trace("after_cursor_execute", sql)

@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
@@ -341,6 +342,9 @@ class SQLAlchemySession(SessionABC):
                     continue
                 if not exc.connection_invalidated:
                     raise
+                if result is _UNSET and attempt is not None and attempt.if_committed is not None:
+                    # The body's last statement carried the COMMIT.
+                    result = attempt.if_committed
                 if result is not _UNSET or (attempt is not None and attempt.maybe_committed):
                     try:
                         committed = await self._token_committed(bound, token)
@@ -467,19 +471,26 @@ class SQLAlchemySession(SessionABC):
                 stop_if_empty=True,
             )
             # Nothing to pop rolls back, undoing the count decrement taken with the lock.
+            sid = {"sid": session_id}
             if one_statement:
-                done = await run.steps(
-                    [lock, Step("rows", "delete_newest_returning", {"sid": session_id}, True)]
-                )
+                done = await run.steps([lock, Step("rows", "delete_newest_returning", sid, True)])
                 rows = done[-1] if len(done) == 2 else []
             else:
-                # Not run.steps, which may end the transaction: the DELETE follows.
-                done = await fastpath.run_steps(
-                    run, [lock, Step("rows", "select_newest", {"sid": session_id}, True)]
+                # MySQL: the lock and the SELECT as one batch, then the DELETE
+                # and COMMIT as another (aiomysql: two round trips, not four).
+                # The item is in hand before COMMIT is sent, and becomes the
+                # result should the reply to that COMMIT be lost.
+                locked, rows = await run.steps(
+                    [replace(lock, stop_if_empty=False), Step("rows", "select_newest", sid)],
+                    commit=False,
                 )
-                rows = done[-1] if len(done) == 2 else []
-                if rows:
-                    await run.count("delete_by_id", {"mid": rows[0][0]})
+                if not rows:
+                    if locked:
+                        await run.rollback()
+                    return None
+                run.if_committed = int(rows[0][0]), rows[0][1], token
+                await run.steps([Step("count", "delete_by_id", {"mid": rows[0][0]})])
+                return run.if_committed  # type: ignore[no-any-return]
             if not rows:
                 return None
             return int(rows[0][0]), rows[0][1], token
