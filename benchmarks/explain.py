@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lattice import fastpath
 from lattice.dialects import statements
 from lattice.schema import lattice_tables
 
@@ -13,10 +14,13 @@ from .impls import Impl
 __all__ = ["explain_plans"]
 
 
-def _pop_statements(stmts: Any) -> list[tuple[str, Any]]:
-    pop = getattr(stmts, "pop_one", None) or stmts.delete_newest_returning
-    if pop is not None:
-        return [("h: pop_item", pop)]
+def _pop_statements(stmts: Any, engine: Any, tables: Any) -> list[tuple[str, Any]]:
+    if fastpath.has_pop_in_one(engine):
+        # The lock and the delete in one statement (driver SQL, ``fastpath.POP``).
+        pop = fastpath.compiled_sql(tables, engine.dialect, fastpath.POP)
+        return [("h: pop_item (lock and delete)", pop)]
+    if stmts.delete_newest_returning is not None:
+        return [("h: pop_item", stmts.delete_newest_returning)]
     return [("h: pop_item (newest row)", stmts.select_newest)]
 
 
@@ -39,14 +43,19 @@ async def explain_plans(impl: Impl, ds: DataSet) -> list[tuple[str, str, str]]:
         "n": 0,
     }
     out = []
-    for label, stmt in [("d: get_items(limit=20)", stmts.select_latest), *_pop_statements(stmts)]:
-        compiled = stmt.compile(dialect=engine.dialect)
-        sql = str(compiled)
-        args: Any = (
-            tuple(params.get(name, compiled.params.get(name)) for name in compiled.positiontup)
-            if compiled.positiontup
-            else {name: params.get(name, value) for name, value in compiled.params.items()}
-        )
+    plan_of = [("d: get_items(limit=20)", stmts.select_latest)]
+    for label, stmt in [*plan_of, *_pop_statements(stmts, engine, tables)]:
+        if isinstance(stmt, fastpath.Compiled):
+            sql = stmt.sql
+            args: Any = tuple(params.get(name, default) for name, _, default in stmt.binds)
+        else:
+            compiled = stmt.compile(dialect=engine.dialect)
+            sql = str(compiled)
+            args = (
+                tuple(params.get(name, compiled.params.get(name)) for name in compiled.positiontup)
+                if compiled.positiontup
+                else {name: params.get(name, value) for name, value in compiled.params.items()}
+            )
         async with engine.connect() as conn:
             result = await conn.exec_driver_sql(prefix_sql + sql, args)
             rows = [_plan_line(dialect, list(result.keys()), row) for row in result.all()]

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lattice import SQLAlchemySession
 from lattice.engines import engine_state, make_engine
 from lattice.schema import LatticeTables
-from tests.reliability import engine_for, session_on, stored, stored_count
+from tests.reliability import Pause, engine_for, instrument, session_on, stored, stored_count
 
 
 async def _raw_rows(engine: AsyncEngine, tables: LatticeTables, sid: str) -> list[Any]:
@@ -216,3 +216,47 @@ async def test_an_append_too_big_for_one_query_still_lands_whole(
     assert await stored(engine, tables, "big-batch") == [{"n": "first"}, *batch]
     assert await stored_count(engine, tables, "big-batch") == 6
     assert await session.pop_item() == batch[-1]
+
+
+async def _wait_for_lock_waiter(engine: AsyncEngine) -> None:
+    """On PostgreSQL, wait until some backend waits for a row lock (elsewhere, a moment)."""
+    if engine.dialect.name != "postgresql":
+        await asyncio.sleep(0.3)
+        return
+    async with engine_for(engine.url) as watcher:
+        for _ in range(500):
+            async with watcher.connect() as conn:
+                waiting = await conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                )
+                if waiting.scalar():
+                    return
+            await asyncio.sleep(0.01)
+    raise AssertionError("the second pop never waited for the session's lock")
+
+
+async def test_a_pop_that_waited_for_another_pop_takes_the_next_item(
+    engine: AsyncEngine, tables: LatticeTables
+) -> None:
+    """The second pop began while the first held the session; it gets the next item.
+
+    On PostgreSQL the pop's lock and delete are one statement, whose snapshot
+    predates the first pop's commit; it must notice and delete again
+    (``fastpath.POP``), not return ``None`` or the first pop's item.
+    """
+    instrument(engine)
+    session = session_on(engine, tables, "queued-pops")
+    await session.add_items([{"n": n} for n in range(3)])
+    first_at_commit = Pause(engine)
+    try:
+        first = asyncio.ensure_future(session.pop_item())
+        await asyncio.wait_for(first_at_commit.reached.wait(), 20)
+        second = asyncio.ensure_future(session_on(engine, tables, "queued-pops").pop_item())
+        await _wait_for_lock_waiter(engine)
+        first_at_commit.release()
+        assert await first == {"n": 2}
+        assert await second == {"n": 1}
+    finally:
+        first_at_commit.close()
+    assert await stored(engine, tables, "queued-pops") == [{"n": 0}]
+    assert await stored_count(engine, tables, "queued-pops") == 1

@@ -73,12 +73,15 @@ def _is(verb: str, table: str) -> Any:
     <sessions> ...) INSERT INTO <messages> ...`` in autocommit
     (``lattice.fastpath.APPEND``): both INSERT points are the point before it,
     "after the insert" is after its commit, and COMMIT is the moment it is sent.
+    A pop's lock and delete are one statement too (``lattice.fastpath.POP``),
+    inside its transaction: both are the point before it or after it.
     """
 
     def match(statement: str) -> bool:
         upper = statement.lstrip().upper()
         if upper.startswith("WITH"):
-            return f"{verb} INTO {table.upper()} " in upper
+            target = table.upper() + " "
+            return any(f"{verb} {word}{target}" in upper for word in ("INTO ", "FROM ", ""))
         return upper.startswith(verb) and table in statement
 
     return match

@@ -460,10 +460,27 @@ class SQLAlchemySession(SessionABC):
         the database removed the item, the item is put back where it was.
         """
         session_id = self.session_id
-
-        one_statement = (await self._bind())[1].delete_newest_returning is not None
+        engine, stmts, state = await self._bind()
+        one_statement = stmts.delete_newest_returning is not None
+        # PostgreSQL on the fast path: lock and delete in one statement (fastpath.POP).
+        in_one = state.fast_path and fastpath.has_pop_in_one(engine)
 
         async def body(run: Runner, token: str) -> tuple[int, str, str] | None:
+            sid = {"sid": session_id}
+            if in_one:
+                params = {"sid": session_id, "now": utc_now(), "token": token}
+                locked, fresh, mid, data = (await run.rows(fastpath.POP, params))[0]
+                if not locked:
+                    return None
+                if not fresh:
+                    # A writer committed between the statement's snapshot and its lock.
+                    rows = await run.rows("delete_newest_returning", sid)
+                    mid, data = rows[0] if rows else (None, None)
+                if mid is None:
+                    # Nothing to pop: undo the count decrement taken with the lock.
+                    await run.rollback()
+                    return None
+                return int(mid), data, token
             lock = Step(
                 "count",
                 "lock_session_pop",
@@ -471,7 +488,6 @@ class SQLAlchemySession(SessionABC):
                 stop_if_empty=True,
             )
             # Nothing to pop rolls back, undoing the count decrement taken with the lock.
-            sid = {"sid": session_id}
             if one_statement:
                 done = await run.steps([lock, Step("rows", "delete_newest_returning", sid, True)])
                 rows = done[-1] if len(done) == 2 else []
