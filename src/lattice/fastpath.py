@@ -355,10 +355,11 @@ class Driver:
         raise NotImplementedError
 
     async def commit(self, conn: Any) -> None:
-        raise NotImplementedError
+        # The DB-API's own methods (aiosqlite, aiomysql); asyncpg has none.
+        await conn.commit()
 
     async def rollback(self, conn: Any) -> None:
-        raise NotImplementedError
+        await conn.rollback()
 
     def idle(self, conn: Any) -> bool:
         """True when the connection is in no transaction (known without a round trip)."""
@@ -436,12 +437,6 @@ class _Aiosqlite(Driver):
 
     async def many(self, conn: Any, sql: str, args: list[tuple[Any, ...]]) -> None:
         await conn.executemany(sql, args)
-
-    async def commit(self, conn: Any) -> None:
-        await conn.commit()
-
-    async def rollback(self, conn: Any) -> None:
-        await conn.rollback()
 
     def idle(self, conn: Any) -> bool:
         return not conn.in_transaction
@@ -567,12 +562,6 @@ class _Aiomysql(Driver):
         async with conn.cursor() as cursor:
             # aiomysql folds an INSERT's rows into one multi-row statement.
             await cursor.executemany(sql, args)
-
-    async def commit(self, conn: Any) -> None:
-        await conn.commit()
-
-    async def rollback(self, conn: Any) -> None:
-        await conn.rollback()
 
     def idle(self, conn: Any) -> bool:
         return not conn.get_transaction_status()
