@@ -42,6 +42,20 @@ class RawDriver:
 
     pooled = False
 
+    def __init__(self) -> None:
+        self._sql: dict[str, dict[str, str]] = {}
+
+    def _q(self, prefix: str) -> dict[str, str]:
+        """The driver's SQL for the tables of ``prefix`` (built once)."""
+        sql = self._sql.get(prefix)
+        if sql is None:
+            sql = self._sql[prefix] = self._statements(*_names(prefix))
+        return sql
+
+    def _statements(self, s: str, m: str) -> dict[str, str]:
+        """The SQL of each operation, on sessions table ``s`` and messages table ``m``."""
+        raise NotImplementedError
+
     async def open(self) -> None:
         raise NotImplementedError
 
@@ -89,10 +103,10 @@ class _ServerDriver(RawDriver):
     """A server's driver: one held connection, and a pool with ``acquire()`` for ``f``."""
 
     def __init__(self, url: URL) -> None:
+        super().__init__()
         self._url = url
         self._conn: Any = None
         self._pool: Any = None
-        self._sql: dict[str, dict[str, str]] = {}
 
     @asynccontextmanager
     async def _use(self) -> AsyncIterator[Any]:
@@ -124,30 +138,26 @@ class _Postgres(_ServerDriver):
         await self._conn.close()
         await self._pool.close()
 
-    def _q(self, prefix: str) -> dict[str, str]:
-        sql = self._sql.get(prefix)
-        if sql is None:
-            s, m = _names(prefix)
-            sql = self._sql[prefix] = {
-                "upsert": (
-                    f"INSERT INTO {s} (session_id, created_at, updated_at, item_count) "
-                    "VALUES ($1, $2, $2, $3) ON CONFLICT (session_id) DO UPDATE SET "
-                    f"updated_at = EXCLUDED.updated_at, item_count = {s}.item_count + "
-                    "EXCLUDED.item_count"
-                ),
-                "insert": (
-                    f"INSERT INTO {m} (session_id, message_data, created_at) VALUES ($1, $2, $3)"
-                ),
-                "all": f"SELECT message_data FROM {m} WHERE session_id = $1 ORDER BY id",
-                "latest": (
-                    f"SELECT message_data FROM {m} WHERE session_id = $1 ORDER BY id DESC LIMIT $2"
-                ),
-                "pop": (
-                    f"DELETE FROM {m} WHERE id = (SELECT id FROM {m} WHERE session_id = $1 "
-                    "ORDER BY id DESC LIMIT 1) RETURNING message_data"
-                ),
-            }
-        return sql
+    def _statements(self, s: str, m: str) -> dict[str, str]:
+        return {
+            "upsert": (
+                f"INSERT INTO {s} (session_id, created_at, updated_at, item_count) "
+                "VALUES ($1, $2, $2, $3) ON CONFLICT (session_id) DO UPDATE SET "
+                f"updated_at = EXCLUDED.updated_at, item_count = {s}.item_count + "
+                "EXCLUDED.item_count"
+            ),
+            "insert": (
+                f"INSERT INTO {m} (session_id, message_data, created_at) VALUES ($1, $2, $3)"
+            ),
+            "all": f"SELECT message_data FROM {m} WHERE session_id = $1 ORDER BY id",
+            "latest": (
+                f"SELECT message_data FROM {m} WHERE session_id = $1 ORDER BY id DESC LIMIT $2"
+            ),
+            "pop": (
+                f"DELETE FROM {m} WHERE id = (SELECT id FROM {m} WHERE session_id = $1 "
+                "ORDER BY id DESC LIMIT 1) RETURNING message_data"
+            ),
+        }
 
     async def add(self, sid: str, prefix: str, texts: list[str]) -> None:
         q, now = self._q(prefix), _now()
@@ -196,30 +206,26 @@ class _MySQL(_ServerDriver):
         self._pool.close()
         await self._pool.wait_closed()
 
-    def _q(self, prefix: str) -> dict[str, str]:
-        sql = self._sql.get(prefix)
-        if sql is None:
-            s, m = _names(prefix)
-            sql = self._sql[prefix] = {
-                "upsert": (
-                    f"INSERT INTO {s} (session_id, created_at, updated_at, item_count) "
-                    "VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
-                    "updated_at = VALUES(updated_at), item_count = item_count + VALUES(item_count)"
-                ),
-                "insert": (
-                    f"INSERT INTO {m} (session_id, message_data, created_at) VALUES (%s, %s, %s)"
-                ),
-                "all": f"SELECT message_data FROM {m} WHERE session_id = %s ORDER BY id",
-                "latest": (
-                    f"SELECT message_data FROM {m} WHERE session_id = %s ORDER BY id DESC LIMIT %s"
-                ),
-                "newest": (
-                    f"SELECT id, message_data FROM {m} WHERE session_id = %s "
-                    "ORDER BY id DESC LIMIT 1 FOR UPDATE"
-                ),
-                "delete": f"DELETE FROM {m} WHERE id = %s",
-            }
-        return sql
+    def _statements(self, s: str, m: str) -> dict[str, str]:
+        return {
+            "upsert": (
+                f"INSERT INTO {s} (session_id, created_at, updated_at, item_count) "
+                "VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
+                "updated_at = VALUES(updated_at), item_count = item_count + VALUES(item_count)"
+            ),
+            "insert": (
+                f"INSERT INTO {m} (session_id, message_data, created_at) VALUES (%s, %s, %s)"
+            ),
+            "all": f"SELECT message_data FROM {m} WHERE session_id = %s ORDER BY id",
+            "latest": (
+                f"SELECT message_data FROM {m} WHERE session_id = %s ORDER BY id DESC LIMIT %s"
+            ),
+            "newest": (
+                f"SELECT id, message_data FROM {m} WHERE session_id = %s "
+                "ORDER BY id DESC LIMIT 1 FOR UPDATE"
+            ),
+            "delete": f"DELETE FROM {m} WHERE id = %s",
+        }
 
     async def add(self, sid: str, prefix: str, texts: list[str]) -> None:
         q, now = self._q(prefix), _now().replace(tzinfo=None)
@@ -263,10 +269,10 @@ class _MySQL(_ServerDriver):
 
 class _SQLite(RawDriver):
     def __init__(self, url: URL) -> None:
+        super().__init__()
         self._path = url.database or ""
         self._conn: Any = None
         self._lock = asyncio.Lock()
-        self._sql: dict[str, dict[str, str]] = {}
 
     async def open(self) -> None:
         import aiosqlite
@@ -287,30 +293,26 @@ class _SQLite(RawDriver):
     async def close(self) -> None:
         await self._conn.close()
 
-    def _q(self, prefix: str) -> dict[str, str]:
-        sql = self._sql.get(prefix)
-        if sql is None:
-            s, m = _names(prefix)
-            sql = self._sql[prefix] = {
-                "upsert": (
-                    f"INSERT INTO {s} (session_id, created_at, updated_at, item_count) "
-                    "VALUES (?1, ?2, ?2, ?3) ON CONFLICT (session_id) DO UPDATE SET "
-                    "updated_at = excluded.updated_at, item_count = item_count + "
-                    "excluded.item_count"
-                ),
-                "insert": (
-                    f"INSERT INTO {m} (session_id, message_data, created_at) VALUES (?, ?, ?)"
-                ),
-                "all": f"SELECT message_data FROM {m} WHERE session_id = ? ORDER BY id",
-                "latest": (
-                    f"SELECT message_data FROM {m} WHERE session_id = ? ORDER BY id DESC LIMIT ?"
-                ),
-                "pop": (
-                    f"DELETE FROM {m} WHERE id = (SELECT id FROM {m} WHERE session_id = ? "
-                    "ORDER BY id DESC LIMIT 1) RETURNING message_data"
-                ),
-            }
-        return sql
+    def _statements(self, s: str, m: str) -> dict[str, str]:
+        return {
+            "upsert": (
+                f"INSERT INTO {s} (session_id, created_at, updated_at, item_count) "
+                "VALUES (?1, ?2, ?2, ?3) ON CONFLICT (session_id) DO UPDATE SET "
+                "updated_at = excluded.updated_at, item_count = item_count + "
+                "excluded.item_count"
+            ),
+            "insert": (
+                f"INSERT INTO {m} (session_id, message_data, created_at) VALUES (?, ?, ?)"
+            ),
+            "all": f"SELECT message_data FROM {m} WHERE session_id = ? ORDER BY id",
+            "latest": (
+                f"SELECT message_data FROM {m} WHERE session_id = ? ORDER BY id DESC LIMIT ?"
+            ),
+            "pop": (
+                f"DELETE FROM {m} WHERE id = (SELECT id FROM {m} WHERE session_id = ? "
+                "ORDER BY id DESC LIMIT 1) RETURNING message_data"
+            ),
+        }
 
     async def add(self, sid: str, prefix: str, texts: list[str]) -> None:
         q, now = self._q(prefix), _now().replace(tzinfo=None).isoformat(" ")

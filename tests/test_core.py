@@ -21,6 +21,7 @@ from lattice import (
     Session,
     SessionABC,
     SessionSettings,
+    SessionStore,
     SQLAlchemySession,
     SQLiteSession,
     dispose_engines,
@@ -344,3 +345,16 @@ def test_public_names() -> None:
     ]:
         assert name in lattice.__all__
         assert getattr(lattice, name) is not None
+
+
+@pytest.mark.parametrize("make", ["session", "store"])
+def test_an_engine_that_is_not_an_async_engine_is_refused_by_name(make: str) -> None:
+    """A URL string or a sync engine where the AsyncEngine goes: a TypeError saying what to do."""
+    from sqlalchemy import create_engine
+
+    for wrong, kind in (("sqlite+aiosqlite://", "str"), (create_engine("sqlite://"), "Engine")):
+        with pytest.raises(TypeError, match=rf"not {kind}; use \w+\.from_url"):
+            if make == "session":
+                SQLAlchemySession("s", engine=wrong)
+            else:
+                SessionStore(wrong)

@@ -28,6 +28,7 @@ from sqlalchemy.pool import StaticPool
 
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
+    "check_engine",
     "dispose_engines",
     "engine_state",
     "make_engine",
@@ -96,6 +97,16 @@ def _configure_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
                 cursor.execute("PRAGMA synchronous = NORMAL")
         finally:
             cursor.close()
+
+
+def check_engine(engine: Any, owner: str) -> AsyncEngine:
+    """``engine`` if it is an ``AsyncEngine``, else a ``TypeError`` naming ``owner.from_url``."""
+    if not isinstance(engine, AsyncEngine):
+        raise TypeError(
+            f"engine must be a sqlalchemy AsyncEngine, not {type(engine).__name__}; "
+            f"use {owner}.from_url(...) to start from a URL"
+        )
+    return engine
 
 
 def make_engine(url: str | URL, **engine_kwargs: Any) -> AsyncEngine:

@@ -109,11 +109,7 @@ class SQLAlchemySession(SessionABC):
         session_settings: SessionSettings | dict[str, Any] | None = None,
         max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
     ) -> None:
-        if not isinstance(engine, AsyncEngine):
-            raise TypeError(
-                f"engine must be a sqlalchemy AsyncEngine, not {type(engine).__name__}; "
-                "use SQLAlchemySession.from_url(...) to start from a URL"
-            )
+        engines.check_engine(engine, "SQLAlchemySession")
         self._init(
             session_id,
             create_tables=create_tables,

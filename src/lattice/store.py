@@ -139,11 +139,7 @@ class SessionStore:
         messages_table: str = DEFAULT_MESSAGES_TABLE,
         max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
     ) -> None:
-        if not isinstance(engine, AsyncEngine):
-            raise TypeError(
-                f"engine must be a sqlalchemy AsyncEngine, not {type(engine).__name__}; "
-                "use SessionStore.from_url(...) to start from a URL"
-            )
+        engines.check_engine(engine, "SessionStore")
         self._engine = engine
         self._owns_engine = False
         self._tables = lattice_tables(sessions_table, messages_table)
