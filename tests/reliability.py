@@ -83,6 +83,9 @@ class Ledger:
     confirmed: set[str] = field(default_factory=set)
     popped: list[str] = field(default_factory=list)
     clearable: set[str] = field(default_factory=set)
+    #: Clears whose write may still be running (one whose caller was cancelled
+    #: finishes in the background, at a moment the test cannot see).
+    clears_in_flight: int = 0
     _next: int = 0
 
     def new_batch(self, prefix: str, size: int, pad: str = "") -> tuple[str, list[dict[str, Any]]]:
@@ -90,11 +93,19 @@ class Ledger:
         batch_id = f"{prefix}{self._next}"
         ids = [f"{batch_id}:{i}" for i in range(size)]
         self.batches[batch_id] = ids
+        if self.clears_in_flight:
+            # A clear that began earlier may still commit after this batch does.
+            self.clearable.add(batch_id)
         return batch_id, [{"id": item_id, "pad": pad} for item_id in ids]
 
     def clear_attempted(self) -> None:
-        """A clear began: any batch offered so far may legitimately vanish."""
+        """A clear began: any batch offered so far, or until it ends, may legitimately vanish."""
         self.clearable.update(self.batches)
+        self.clears_in_flight += 1
+
+    def clear_finished(self) -> None:
+        """A clear's call returned, so its write is over (not called for a cancelled clear)."""
+        self.clears_in_flight -= 1
 
     def check(self, stored_ids: list[str]) -> None:
         stored_set, popped_set = set(stored_ids), set(self.popped)
