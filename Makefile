@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,postgres,mysql,agents,openai
+EXTRAS ?= dev,postgres,psycopg,mysql,asyncmy,agents,openai
 
 .PHONY: install demo test lint types docs pytest bench bench-smoke soak clean
 
@@ -28,8 +28,14 @@ types: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
 
+# The whole suite on the default drivers (asyncpg, aiomysql), then every
+# server test again on the other two drivers Lattice supports.
+# (LATTICE_TEST_DRIVERS=other: psycopg for asyncpg, asyncmy for aiomysql; tests/conftest.py)
+OTHER_DRIVERS = LATTICE_TEST_DRIVERS=other
+
 pytest: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+	$(OTHER_DRIVERS) $(BIN)/pytest -m "postgres or mysql" $(PYTEST_ARGS)
 
 test: lint types docs pytest
 

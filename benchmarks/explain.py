@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from lattice import fastpath
 from lattice.dialects import statements
+from lattice.drivers import Stmt, driver_for
+from lattice.drivers.compiled import Compiled, compiled_statements
+from lattice.engines import engine_state
 from lattice.schema import lattice_tables
 
 from .datasets import BIG_SESSION, DataSet
@@ -15,9 +17,10 @@ __all__ = ["explain_plans"]
 
 
 def _pop_statements(stmts: Any, engine: Any, tables: Any) -> list[tuple[str, Any]]:
-    if fastpath.has_pop_in_one(engine):
-        # The lock and the delete in one statement (driver SQL, ``fastpath.POP``).
-        pop = fastpath.compiled_sql(tables, engine.dialect, fastpath.POP)
+    driver = driver_for(engine, engine_state(engine))
+    if driver.pop_in_one_statement:
+        # The lock and the delete in one statement (driver SQL, ``Stmt.POP``).
+        pop = compiled_statements(tables, engine.dialect, driver)[Stmt.POP]
         return [("h: pop_item (lock and delete)", pop)]
     if stmts.delete_newest_returning is not None:
         return [("h: pop_item", stmts.delete_newest_returning)]
@@ -45,7 +48,7 @@ async def explain_plans(impl: Impl, ds: DataSet) -> list[tuple[str, str, str]]:
     out = []
     plan_of = [("d: get_items(limit=20)", stmts.select_latest)]
     for label, stmt in [*plan_of, *_pop_statements(stmts, engine, tables)]:
-        if isinstance(stmt, fastpath.Compiled):
+        if isinstance(stmt, Compiled):
             sql = stmt.sql
             args: Any = tuple(params.get(name, default) for name, _, default in stmt.binds)
         else:

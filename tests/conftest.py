@@ -4,6 +4,8 @@ Server URLs come from ``LATTICE_TEST_POSTGRES_URL`` and
 ``LATTICE_TEST_MYSQL_URL`` (defaults match ``docker-compose.yml`` and the
 servers on our machines). An unreachable server skips its tests, unless
 ``LATTICE_REQUIRE_SERVERS=1`` (set by ``.ci/run``), where it fails them.
+``LATTICE_TEST_DRIVERS=other`` runs the servers through psycopg and asyncmy
+instead of asyncpg and aiomysql.
 
 Fixtures:
 
@@ -42,6 +44,16 @@ POSTGRES_URL = os.environ.get(
 )
 MYSQL_URL = os.environ.get("LATTICE_TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/test")
 REQUIRE_SERVERS = os.environ.get("LATTICE_REQUIRE_SERVERS") == "1"
+if os.environ.get("LATTICE_TEST_DRIVERS") == "other":
+    # The same servers through Lattice's other drivers (`make test` runs both).
+    POSTGRES_URL = (
+        make_url(POSTGRES_URL)
+        .set(drivername="postgresql+psycopg")
+        .render_as_string(hide_password=False)
+    )
+    MYSQL_URL = (
+        make_url(MYSQL_URL).set(drivername="mysql+asyncmy").render_as_string(hide_password=False)
+    )
 
 BACKENDS = ["sqlite_memory", "sqlite_file", "postgres", "mysql"]
 SERVER_URLS = {"postgres": POSTGRES_URL, "mysql": MYSQL_URL}
@@ -188,6 +200,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                     counts[name][outcome] += 1
                     break
     terminalreporter.section("backends")
+    terminalreporter.write_line(f"postgres: {POSTGRES_URL}   mysql: {MYSQL_URL}")
     for name, c in counts.items():
         terminalreporter.write_line(
             f"{name:14} {c['passed']:4} passed, {c['failed']:3} failed, {c['skipped']:3} skipped"

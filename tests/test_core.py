@@ -175,7 +175,13 @@ async def test_from_url_shares_one_engine_and_pool(backend: str, tmp_path: Path)
     app_name = f"lattice-share-{tag}"
     engine_kwargs: dict[str, Any] = {}
     if backend == "postgres":
-        engine_kwargs = {"connect_args": {"server_settings": {"application_name": app_name}}}
+        # How the application name is given depends on the driver under test.
+        named = (
+            {"application_name": app_name}
+            if "psycopg" in url
+            else {"server_settings": {"application_name": app_name}}
+        )
+        engine_kwargs = {"connect_args": named}
     kw = {
         "sessions_table": f"sh{tag}_sessions",
         "messages_table": f"sh{tag}_messages",

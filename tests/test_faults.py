@@ -71,9 +71,9 @@ def _is(verb: str, table: str) -> Any:
 
     On PostgreSQL an append is one statement, ``WITH s AS (INSERT INTO
     <sessions> ...) INSERT INTO <messages> ...`` in autocommit
-    (``lattice.fastpath.APPEND``): both INSERT points are the point before it,
+    (``Stmt.APPEND`` of ``lattice.drivers.asyncpg``): both INSERT points are the point before it,
     "after the insert" is after its commit, and COMMIT is the moment it is sent.
-    A pop's lock and delete are one statement too (``lattice.fastpath.POP``),
+    A pop's lock and delete are one statement too (``Stmt.POP``),
     inside its transaction: both are the point before it or after it.
     """
 

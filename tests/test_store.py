@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lattice import SessionStore, SQLAlchemySession
 from lattice.engines import make_engine
 from lattice.schema import LatticeTables
-from lattice.store_query import decode_cursor
+from lattice.store import retention
+from lattice.store.listing import decode_cursor
 
 from .conftest import temporary_tables
 
@@ -280,16 +281,18 @@ async def test_purge_deletes_only_idle_sessions(store: SessionStore) -> None:
         await store.purge(30)  # type: ignore[arg-type]
 
 
-async def test_purge_keeps_a_session_that_became_active(store: SessionStore) -> None:
+async def test_purge_keeps_a_session_that_became_active(
+    store: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await seed(store, ["old", "revived"], items=2)
-    original = store._delete_group
+    original = retention._delete_group
 
-    async def revive_first(ids: list[str], filters: object) -> object:
+    async def revive_first(core: object, ids: list[str], filters: object) -> object:
         # Between listing and deleting, "revived" gets a new item.
         await store.session("revived").add_items([{"back": True}])
-        return await original(ids, filters)  # type: ignore[arg-type]
+        return await original(core, ids, filters)  # type: ignore[arg-type]
 
-    store._delete_group = revive_first  # type: ignore[assignment,method-assign]
+    monkeypatch.setattr(retention, "_delete_group", revive_first)
     result = await store.purge(dt.timedelta(days=1))
     assert (result.sessions, result.items) == (1, 2)
     info = await store.get_info("revived")

@@ -34,12 +34,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-from lattice.schema import (
-    WRITE_TOKEN_LENGTH,
-    WRITE_TOKENS_KEPT,
-    SessionId,
-    UtcDateTime,
-)
+from lattice.schema import SessionId, UtcDateTime
 
 revision = "0002"
 down_revision = "0001"
@@ -53,6 +48,10 @@ INDEX = f"ix_{MESSAGES}_session_id_id"
 FK = f"fk_{MESSAGES}_session_id"
 # The names the servers give the SDK's unnamed foreign key (used for --sql,
 # where there is no database to ask).
+# Frozen as this revision wrote them: a later change of the live schema's
+# constants must not rewrite what an old revision did.
+WRITE_TOKEN_LENGTH = 32
+WRITE_TOKENS_KEPT = 8
 _DEFAULT_FK = {"postgresql": f"{MESSAGES}_session_id_fkey", "mysql": f"{MESSAGES}_ibfk_1"}
 
 

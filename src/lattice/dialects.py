@@ -23,6 +23,7 @@ The write path, and why it is safe under concurrency:
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -32,16 +33,114 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ColumnElement, func
 
-from .schema import WRITE_TOKEN_LENGTH, WRITE_TOKENS_KEPT, LatticeTables
+from .schema import WRITE_TOKEN_LENGTH, WRITE_TOKENS_KEPT, LatticeTables, is_mysql
 
-__all__ = ["Statements", "is_mysql", "is_transient_conflict", "statements"]
+__all__ = [
+    "Rules",
+    "Statements",
+    "check_packet",
+    "is_transient_conflict",
+    "rules",
+    "statements",
+]
 
-_MYSQL = ("mysql", "mariadb")
+
+class Rules:
+    """What differs between databases, as attributes (one instance per dialect).
+
+    Attributes:
+        name: ``"sqlite"``, ``"postgresql"`` or ``"mysql"``.
+        delete_returning: ``DELETE ... RETURNING`` is available and portable
+            (PostgreSQL; SQLite from 3.35). MySQL 8 has none, and MariaDB's is
+            MariaDB-only SQL, so MySQL pops SELECT, then DELETE by key.
+        packet_limited: A statement may not exceed the server's
+            ``max_allowed_packet`` (MySQL): an item over it is refused up front
+            (:func:`check_packet`), never truncated by the server.
+        prefix_in_bytes: ``substr()`` on a session id counts bytes, not
+            characters (MySQL, where ids are binary strings).
+        export_isolation: The isolation level that gives an export one
+            snapshot across its statements, or ``None`` where the driver cannot
+            hold one (SQLite reads each chunk at the latest commit).
+    """
+
+    name = "generic"
+    packet_limited = False
+    prefix_in_bytes = False
+    export_isolation: str | None = "REPEATABLE READ"
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.delete_returning = bool(dialect.delete_returning)
+
+    def prefix_length(self, prefix: str) -> int:
+        """The length ``substr()`` must cut to compare an id's start with ``prefix``."""
+        return len(prefix.encode("utf-8")) if self.prefix_in_bytes else len(prefix)
 
 
-def is_mysql(dialect: Dialect) -> bool:
-    """True for MySQL and MariaDB (SQLAlchemy names either dialect ``mysql``)."""
-    return dialect.name in _MYSQL
+class _SQLiteRules(Rules):
+    name = "sqlite"
+    export_isolation = None
+
+
+class _PostgreSQLRules(Rules):
+    name = "postgresql"
+
+
+class _MySQLRules(Rules):
+    name = "mysql"
+    packet_limited = True
+    prefix_in_bytes = True
+
+    def __init__(self, dialect: Dialect) -> None:
+        super().__init__(dialect)
+        self.delete_returning = False
+
+
+def _rules_class(dialect: Dialect) -> type[Rules]:
+    if is_mysql(dialect):
+        return _MySQLRules
+    if dialect.name == "postgresql":
+        return _PostgreSQLRules
+    if dialect.name == "sqlite":
+        return _SQLiteRules
+    raise NotImplementedError(
+        f"Lattice supports SQLite, PostgreSQL and MySQL/MariaDB, not {dialect.name!r}"
+    )
+
+
+_RULES: weakref.WeakKeyDictionary[Dialect, Rules] = weakref.WeakKeyDictionary()
+
+
+def rules(dialect: Dialect) -> Rules:
+    """The :class:`Rules` of ``dialect`` (one instance per dialect object)."""
+    found = _RULES.get(dialect)
+    if found is None:
+        found = _RULES[dialect] = _rules_class(dialect)(dialect)
+    return found
+
+
+def check_packet(texts: list[str], max_packet: int) -> None:
+    """Refuse an item that MySQL would not accept in one statement.
+
+    The statement around the item needs a little room of its own (1 KiB).
+    The item travels as an escaped string literal, where each ``\\``, ``"``
+    and ``'`` takes two bytes: a 12 MB item of quotes is 24 MB on the wire,
+    and a server that gets more than ``max_allowed_packet`` drops the
+    connection (tests/test_hostile.py), so what is really sent is counted.
+
+    Raises:
+        ValueError: naming the item's index and the server setting.
+    """
+    for index, text in enumerate(texts):
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
+        if 2 * size + 1024 <= max_packet:
+            continue
+        size += text.count("\\") + text.count('"') + text.count("'")
+        if size + 1024 > max_packet:
+            raise ValueError(
+                f"item {index} is {size} bytes of escaped JSON, more than this MySQL server "
+                f"accepts in one statement (max_allowed_packet = {max_packet}); raise "
+                "max_allowed_packet on the server or store smaller items"
+            )
 
 
 @dataclass(frozen=True)
@@ -91,11 +190,7 @@ def _upsert_session(tables: LatticeTables, dialect: Dialect) -> Insert:
             item_count=s.c.item_count + my.inserted.item_count,
             write_tokens=_pushed_tokens(s.c.write_tokens),
         )
-    module: Any = postgresql if dialect.name == "postgresql" else sqlite
-    if module is sqlite and dialect.name != "sqlite":
-        raise NotImplementedError(
-            f"Lattice supports SQLite, PostgreSQL and MySQL/MariaDB, not {dialect.name!r}"
-        )
+    module: Any = postgresql if rules(dialect).name == "postgresql" else sqlite
     ins = module.insert(s).values(values)
     return ins.on_conflict_do_update(  # type: ignore[no-any-return]
         index_elements=[s.c.session_id],
@@ -121,7 +216,7 @@ def _statements(tables: LatticeTables, dialect_name: str, dialect: Dialect) -> S
     # DELETE (MariaDB's is MariaDB-only SQL), and MySQL refuses a subquery on
     # the table being deleted from, so there it is SELECT then DELETE by key;
     # the session row lock taken first keeps that pair atomic for other writers.
-    if dialect.delete_returning and not is_mysql(dialect):
+    if rules(dialect).delete_returning:
         delete_newest_returning = (
             delete(m).where(m.c.id == newest_id).returning(m.c.id, m.c.message_data)
         )

@@ -22,7 +22,13 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
@@ -31,6 +37,7 @@ __all__ = [
     "check_engine",
     "dispose_engines",
     "engine_state",
+    "ensure_tables",
     "make_engine",
     "normalize_url",
     "shared_engine",
@@ -283,9 +290,7 @@ class EngineState:
 
     created: set[Any] = field(default_factory=set)
     max_packet: int | None = None
-    #: Run single-statement reads in AUTOCOMMIT (PostgreSQL; see ``engine_state``).
-    autocommit_reads: bool = False
-    #: Run sessions' statements on the driver connection (``lattice.fastpath``)
+    #: Run sessions' statements on the driver connection (:mod:`lattice.drivers`)
     #: when the driver has a fast path; False keeps them on SQLAlchemy's execution.
     fast_path: bool = True
     #: Testing hook of the fast path, None (no cost) unless a test sets it:
@@ -336,20 +341,30 @@ def engine_state(engine: AsyncEngine) -> EngineState:
     state = _STATE.get(sync_engine)
     if state is None:
         state = EngineState()
-        dialect = sync_engine.dialect.name
         if isinstance(sync_engine.pool, StaticPool):
             # One DBAPI connection shared by every checkout: transactions of
             # concurrent calls would interleave on it, so they take turns.
             state._use_locks = _LoopLocks()
-        elif dialect == "sqlite":
+        elif sync_engine.dialect.name == "sqlite":
             state._write_locks = _LoopLocks()
-        # asyncpg starts a transaction with its own BEGIN round trip and the
-        # pool ends it with a ROLLBACK one; in AUTOCOMMIT (a flag on
-        # SQLAlchemy's asyncpg adapter, no round trip to set or reset) a read
-        # is its one statement. A single SELECT sees one snapshot either way.
-        # Measured: get_items(limit=20) takes 0.64x the time of the BEGIN/SELECT/
-        # ROLLBACK form (median of 15 interleaved batches on a loaded 2-core box).
-        # Not on MySQL, where switching autocommit costs a round trip each way.
-        state.autocommit_reads = dialect == "postgresql"
         _STATE[sync_engine] = state
     return state
+
+
+async def ensure_tables(engine: AsyncEngine, state: EngineState, tables: Any) -> None:
+    """Create ``tables`` (a :class:`lattice.schema.LatticeTables`) if missing, once per engine."""
+    if tables in state.created:
+        return
+    async with state.create_lock():
+        if tables in state.created:
+            return
+        async with state.exclusive():
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(tables.metadata.create_all)
+            except (IntegrityError, ProgrammingError, OperationalError):
+                # Another process created them between our check and
+                # CREATE; check again, and re-raise if they are still missing.
+                async with engine.begin() as conn:
+                    await conn.run_sync(tables.metadata.create_all)
+        state.created.add(tables)

@@ -1,4 +1,4 @@
-"""Item validation and the JSON codec every backend shares.
+"""Item validation, the JSON codec every backend shares, and the session-id rules.
 
 An item is stored as the exact JSON text that ``json.dumps`` makes of it,
 in UTF-8 without ``\\uXXXX`` escapes for non-ASCII text. Reading it back with
@@ -16,10 +16,15 @@ from typing import Any
 __all__ = [
     "DEFAULT_MAX_ITEM_BYTES",
     "MAX_NESTING_DEPTH",
+    "MAX_SESSION_ID_LENGTH",
+    "check_session_id",
     "decode_item",
     "encode_item",
     "encode_items",
 ]
+
+#: Longest session id, in characters (the schema stores up to 4 bytes each).
+MAX_SESSION_ID_LENGTH = 255
 
 #: Default limit on one item's encoded size: 16 MiB of UTF-8 JSON.
 DEFAULT_MAX_ITEM_BYTES = 16 * 1024 * 1024
@@ -161,3 +166,30 @@ def decode_item(text: str) -> dict[str, Any]:
     """Decode stored JSON text back into an item."""
     value: dict[str, Any] = _DECODER.decode(text)
     return value
+
+
+def check_session_id(session_id: Any, what: str = "session_id") -> str:
+    """Return ``session_id`` if it is a valid id, else raise naming the problem.
+
+    A valid id is a ``str`` of 1 to 255 characters that can be encoded as
+    UTF-8 and holds no NUL character (PostgreSQL cannot store one). ``what``
+    names the value in messages (an owner follows the same rules).
+    """
+    if not isinstance(session_id, str):
+        raise TypeError(f"{what} must be a str, not {type(session_id).__name__}")
+    if not 1 <= len(session_id) <= MAX_SESSION_ID_LENGTH:
+        raise ValueError(
+            f"{what} must be 1 to {MAX_SESSION_ID_LENGTH} characters long, "
+            f"not {len(session_id)}"
+        )
+    if "\x00" in session_id:
+        raise ValueError(f"{what} must not contain a NUL character")
+    if not session_id.isascii():
+        try:
+            session_id.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"{what} is not valid Unicode (a lone surrogate at character "
+                f"{exc.start}); it cannot be stored as UTF-8"
+            ) from exc
+    return session_id

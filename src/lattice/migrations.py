@@ -49,6 +49,7 @@ from ._migration_env import (
     VERSION_TABLE,
     MigrationError,
 )
+from .drivers import _compat
 from .engines import make_engine, normalize_url
 
 __all__ = [
@@ -183,14 +184,13 @@ def _alembic_errors() -> Iterator[None]:
     """Alembic's errors (unknown revision, ...) as :class:`MigrationError`."""
     # Alembic's ``context`` module proxy belongs to one EnvironmentContext at a
     # time; when we run inside the application's own env.py, put its back.
-    outer = getattr(alembic_context, "_proxy", None)
+    outer = _compat.alembic_proxy(alembic_context)
     try:
         yield
     except (CommandError, RevisionError) as exc:
         raise MigrationError(str(exc)) from exc
     finally:
-        if outer is not None and getattr(alembic_context, "_proxy", None) is not outer:
-            outer._install_proxy()
+        _compat.restore_alembic_proxy(alembic_context, outer)
 
 
 async def _run(target: Target, action: Callable[[Config], None], **attributes: Any) -> None:

@@ -19,10 +19,10 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from ._aio import outlast_cancellation
 from .errors import LatticeError
 from .items import encode_items
 from .protocol import SessionABC, SessionSettings, coerce_settings, resolve_limit
+from .writes import outlast_cancellation
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI

@@ -51,6 +51,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeEngine
 
+from .items import MAX_SESSION_ID_LENGTH
+
 __all__ = [
     "DEFAULT_MESSAGES_TABLE",
     "DEFAULT_SESSIONS_TABLE",
@@ -61,6 +63,7 @@ __all__ = [
     "LatticeTables",
     "SessionId",
     "UtcDateTime",
+    "is_mysql",
     "lattice_tables",
     "metadata",
     "utc_now",
@@ -68,7 +71,6 @@ __all__ = [
 
 DEFAULT_SESSIONS_TABLE = "agent_sessions"
 DEFAULT_MESSAGES_TABLE = "agent_messages"
-MAX_SESSION_ID_LENGTH = 255
 #: Each write's token is 32 hex characters; a session row keeps the last 8.
 WRITE_TOKEN_LENGTH = 32
 WRITE_TOKENS_KEPT = 8
@@ -79,7 +81,12 @@ _MYSQL = ("mysql", "mariadb")
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
 
 
-def _is_mysql(dialect: Dialect) -> bool:
+def is_mysql(dialect: Dialect) -> bool:
+    """True for MySQL and MariaDB (SQLAlchemy names either dialect ``mysql``).
+
+    The one place the project asks; everything else reads the attributes of
+    :func:`lattice.dialects.rules`.
+    """
     return dialect.name in _MYSQL
 
 
@@ -97,12 +104,12 @@ class SessionId(TypeDecorator[str]):
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if _is_mysql(dialect):
+        if is_mysql(dialect):
             return dialect.type_descriptor(mysql.VARBINARY(4 * MAX_SESSION_ID_LENGTH))
         return dialect.type_descriptor(String(MAX_SESSION_ID_LENGTH))
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> Any:
-        if value is not None and _is_mysql(dialect):
+        if value is not None and is_mysql(dialect):
             return value.encode("utf-8")
         return value
 
@@ -123,7 +130,7 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if _is_mysql(dialect):
+        if is_mysql(dialect):
             return dialect.type_descriptor(mysql.DATETIME(fsp=6))
         return dialect.type_descriptor(DateTime(timezone=True))
 

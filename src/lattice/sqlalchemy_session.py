@@ -1,83 +1,37 @@
-"""``SQLAlchemySession``: a session stored in SQLite, PostgreSQL or MySQL."""
+"""``SQLAlchemySession``: a session stored in SQLite, PostgreSQL or MySQL.
+
+The session validates, then asks its engine's operations
+(:mod:`lattice.drivers`) to run inside the write protocol
+(:mod:`lattice.writes`); it knows nothing of dialects or drivers.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import engines, fastpath
-from ._aio import outlast_cancellation
-from .dialects import Statements, is_mysql, is_transient_conflict, statements
+from . import dialects, drivers, engines, writes
+from .drivers import Operations, Popped, Runner
 from .errors import WriteOutcomeUnknownError
-from .fastpath import Runner, Step
-from .items import DEFAULT_MAX_ITEM_BYTES, decode_item, encode_items
+from .items import DEFAULT_MAX_ITEM_BYTES, check_session_id, decode_item, encode_items
 from .protocol import SessionABC, SessionSettings, coerce_settings, resolve_limit
 from .schema import (
     DEFAULT_MESSAGES_TABLE,
     DEFAULT_SESSIONS_TABLE,
-    MAX_SESSION_ID_LENGTH,
-    WRITE_TOKEN_LENGTH,
     LatticeTables,
     lattice_tables,
-    utc_now,
 )
 
-__all__ = ["SQLAlchemySession", "check_session_id"]
-
-_T = TypeVar("_T")
-_Bound = tuple[AsyncEngine, Statements, engines.EngineState]
-_UNSET: Any = object()
-# How often a transaction the server rolled back (deadlock, lock timeout) is rerun.
-_CONFLICT_RETRIES = 5
-# The first character of a clear_session's write token. Other writes' tokens
-# are random hex, so a put-back can tell from the ring whether a clear
-# committed after the pop it undoes (see SQLAlchemySession._put_back).
-_CLEAR_MARK = "x"
+__all__ = ["SQLAlchemySession"]
 
 
-def _tokens(ring: str | None) -> list[str]:
-    """The write tokens of a ``write_tokens`` ring, newest first."""
-    ring, width = ring or "", WRITE_TOKEN_LENGTH
-    return [ring[i : i + width] for i in range(0, len(ring), width)]
-
-
-def check_session_id(session_id: Any) -> str:
-    """Return ``session_id`` if it is a valid id, else raise naming the problem.
-
-    A valid id is a ``str`` of 1 to 255 characters that can be encoded as
-    UTF-8 and holds no NUL character (PostgreSQL cannot store one).
-    """
-    if not isinstance(session_id, str):
-        raise TypeError(f"session_id must be a str, not {type(session_id).__name__}")
-    if not 1 <= len(session_id) <= MAX_SESSION_ID_LENGTH:
-        raise ValueError(
-            f"session_id must be 1 to {MAX_SESSION_ID_LENGTH} characters long, "
-            f"not {len(session_id)}"
-        )
-    if "\x00" in session_id:
-        raise ValueError("session_id must not contain a NUL character")
-    if not session_id.isascii():
-        try:
-            session_id.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(
-                "session_id is not valid Unicode (a lone surrogate at character "
-                f"{exc.start}); it cannot be stored as UTF-8"
-            ) from exc
-    return session_id
-
-
-async def _finish(task: asyncio.Future[_T]) -> _T:
-    """Wait for ``task`` to end, whatever cancellations arrive meanwhile; its result."""
-    await outlast_cancellation(task)
-    return task.result()
+def bind(engine: AsyncEngine, tables: LatticeTables) -> writes.Bound:
+    """The engine as sessions on ``tables`` run on it: state, driver and operations."""
+    state = engines.engine_state(engine)
+    driver = drivers.driver_for(engine, state)
+    ops = Operations(driver, dialects.rules(engine.dialect), state)
+    return writes.Bound(engine, state, driver, ops, tables)
 
 
 class SQLAlchemySession(SessionABC):
@@ -140,7 +94,7 @@ class SQLAlchemySession(SessionABC):
         self._max_item_bytes = max_item_bytes
         self._tables = tables
         self._create_tables = create_tables
-        self._bound: tuple[AsyncEngine, Statements, engines.EngineState] | None = None
+        self._bound: writes.Bound | None = None
 
     @classmethod
     def from_url(
@@ -207,167 +161,20 @@ class SQLAlchemySession(SessionABC):
 
     # -- plumbing ------------------------------------------------------------
 
-    async def _bind(self) -> tuple[AsyncEngine, Statements, engines.EngineState]:
+    async def _bind(self) -> writes.Bound:
         engine = self.engine
         bound = self._bound
-        if bound is None or bound[0] is not engine:
-            bound = (engine, statements(self._tables, engine.dialect), engines.engine_state(engine))
-            self._bound = bound
-        if self._create_tables and self._tables not in bound[2].created:
-            await self._ensure_tables(engine, bound[2])
+        # Rebound when the engine changes (a URL session on another loop) or its
+        # driver does (EngineState.fast_path switched off, as tests do).
+        if (
+            bound is None
+            or bound.engine is not engine
+            or bound.driver is not drivers.driver_for(engine, bound.state)
+        ):
+            bound = self._bound = bind(engine, self._tables)
+        if self._create_tables and self._tables not in bound.state.created:
+            await engines.ensure_tables(engine, bound.state, self._tables)
         return bound
-
-    async def _ensure_tables(self, engine: AsyncEngine, state: engines.EngineState) -> None:
-        async with state.create_lock():
-            if self._tables in state.created:
-                return
-            async with state.exclusive():
-                try:
-                    async with engine.begin() as conn:
-                        await conn.run_sync(self._tables.metadata.create_all)
-                except (IntegrityError, ProgrammingError, OperationalError):
-                    # Another process created them between our check and
-                    # CREATE; check again, and re-raise if they are still missing.
-                    async with engine.begin() as conn:
-                        await conn.run_sync(self._tables.metadata.create_all)
-            state.created.add(self._tables)
-
-    def _transaction(
-        self, bound: _Bound, reading: bool = False, autocommit: bool = False
-    ) -> AbstractAsyncContextManager[Runner]:
-        """A connection in a transaction (or, ``reading``, for one read), committed at the end.
-
-        On the driver fast path (:mod:`lattice.fastpath`) where the engine's
-        driver has one, else through SQLAlchemy's ``AsyncConnection``.
-        ``autocommit`` (fast path only): no transaction around the statements.
-        """
-        engine, _, state = bound
-        driver = fastpath.driver_for(engine) if state.fast_path else None
-        if driver is None:
-            return self._sqlalchemy_transaction(bound, reading)
-        if reading:
-            return fastpath.reading(engine, state, driver, self._tables)
-        return fastpath.transaction(engine, state, driver, self._tables, autocommit)
-
-    @asynccontextmanager
-    async def _sqlalchemy_transaction(self, bound: _Bound, reading: bool) -> AsyncIterator[Runner]:
-        engine, stmts, state = bound
-        if reading:
-            async with engine.connect() as conn:
-                if state.autocommit_reads:
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
-                yield fastpath.SQLAlchemyRunner(conn, stmts)
-        else:
-            async with engine.begin() as conn:
-                yield fastpath.SQLAlchemyRunner(conn, stmts)
-
-    async def _max_packet(self, run: Runner, state: engines.EngineState) -> int:
-        if state.max_packet is None:
-            rows = await run.sql_rows("SELECT @@max_allowed_packet")
-            state.max_packet = int(rows[0][0])
-        return state.max_packet
-
-    async def _mutate(
-        self,
-        operation: Callable[[], Awaitable[_T]],
-        undo: Callable[[Any], Awaitable[None]] | None = None,
-    ) -> _T:
-        """Run a write so that cancelling the caller cannot leave it half done.
-
-        The write runs in its own task. If the caller is cancelled, the write
-        still runs to its end; then ``undo`` reverses a result the caller will
-        never see (a popped item goes back), and the cancellation goes on.
-        """
-        task = asyncio.ensure_future(operation())
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            try:
-                result = await _finish(task)
-            except Exception:
-                raise asyncio.CancelledError() from None
-            if undo is not None and result is not None:
-                await _finish(asyncio.ensure_future(undo(result)))
-            raise
-
-    async def _write(
-        self,
-        body: Callable[[Runner, str], Awaitable[_T]],
-        autocommit: bool = False,
-        clearing: bool = False,
-    ) -> _T:
-        """Run ``body`` in one transaction, surviving conflicts and lost connections.
-
-        ``body`` gets the connection and this attempt's write token, which its
-        first statement records on the session row (``clearing``: a
-        clear_session's token, marked as such). With ``autocommit`` (the
-        fast path's one-statement append) ``body`` runs one statement that
-        commits by itself, so a connection lost once it was sent is treated
-        as a lost COMMIT reply.
-
-        * A deadlock or lock timeout rolled back by the server: run again.
-        * The connection lost before COMMIT was sent: nothing committed, run again once.
-        * The connection lost after COMMIT was sent: ask the database, under the
-          session's row lock, whether this attempt's token committed. If so,
-          the write is done; if not, run again once; if the database cannot be
-          asked, raise :class:`WriteOutcomeUnknownError`.
-        """
-        bound = await self._bind()
-        state = bound[2]
-        lost_connection_retries = 1
-        conflicts = 0
-        while True:
-            # Random, like a uuid4's hex, without building a UUID object.
-            token = os.urandom(WRITE_TOKEN_LENGTH // 2).hex()
-            if clearing:
-                token = _CLEAR_MARK + token[1:]
-            result: Any = _UNSET
-            attempt: Runner | None = None
-            try:
-                async with (
-                    state.exclusive(),
-                    state.writer(),
-                    self._transaction(bound, autocommit=autocommit) as attempt,
-                ):
-                    result = await body(attempt, token)
-                return result  # type: ignore[no-any-return]
-            except DBAPIError as exc:
-                if is_transient_conflict(exc) and conflicts < _CONFLICT_RETRIES:
-                    conflicts += 1
-                    await asyncio.sleep(0.005 * conflicts)
-                    continue
-                if not exc.connection_invalidated:
-                    raise
-                if result is _UNSET and attempt is not None and attempt.if_committed is not None:
-                    # The body's last statement carried the COMMIT.
-                    result = attempt.if_committed
-                if result is not _UNSET or (attempt is not None and attempt.maybe_committed):
-                    try:
-                        committed = await self._token_committed(bound, token)
-                    except Exception as check_exc:
-                        # Any failure to ask, not only DBAPIError: a server that
-                        # refuses connections makes asyncpg raise a bare
-                        # ConnectionResetError/OSError, and a popped item must
-                        # still reach its caller (tests/test_faults.py).
-                        raise WriteOutcomeUnknownError(
-                            f"the connection was lost while committing a write to session "
-                            f"{self.session_id!r}, and the database could not be asked "
-                            "whether it committed",
-                            result=None if result is _UNSET else result,
-                        ) from check_exc
-                    if committed:
-                        return result  # type: ignore[no-any-return]
-                if lost_connection_retries == 0:
-                    raise
-                lost_connection_retries -= 1
-
-    async def _token_committed(self, bound: _Bound, token: str) -> bool:
-        # FOR UPDATE waits for a transaction still holding the row (one whose
-        # client vanished but whose server side is finishing), so the answer
-        # is final, not a race.
-        async with bound[2].exclusive(), self._transaction(bound) as run:
-            rows = await run.rows("read_tokens", {"sid": self.session_id})
-        return bool(rows) and token in _tokens(rows[0][0])
 
     # -- the Session protocol --------------------------------------------------
 
@@ -381,21 +188,12 @@ class SQLAlchemySession(SessionABC):
         if limit is not None and limit <= 0:
             return []
         bound = await self._bind()
-        state = bound[2]
-        for attempt in (1, 2):
-            try:
-                async with state.exclusive(), self._transaction(bound, reading=True) as run:
-                    if limit is None:
-                        rows = await run.rows("select_all", {"sid": self.session_id})
-                        return [decode_item(row[0]) for row in rows]
-                    rows = await run.rows("select_latest", {"sid": self.session_id, "lim": limit})
-                    return [decode_item(row[0]) for row in reversed(rows)]
-            except DBAPIError as exc:
-                # A connection that died while idle in the pool (server restart):
-                # the pool is already invalidated, so one more try reconnects.
-                if attempt == 2 or not exc.connection_invalidated:
-                    raise
-        raise AssertionError("unreachable")
+        session_id = self.session_id
+
+        async def body(run: Runner) -> list[str]:
+            return await bound.ops.read(run, session_id, limit)
+
+        return [decode_item(text) for text in await writes.read(bound, body)]
 
     async def add_items(self, items: list[dict[str, Any]]) -> None:
         """Append ``items`` as one batch: all are stored, contiguous, or none.
@@ -407,47 +205,17 @@ class SQLAlchemySession(SessionABC):
         texts = encode_items(items, self._max_item_bytes)
         if not texts:
             return
+        bound = await self._bind()
         session_id = self.session_id
-        engine, _, state = await self._bind()
-        mysql = is_mysql(engine.dialect)
-        # PostgreSQL on the fast path: the whole append is one statement in
-        # autocommit (fastpath.APPEND; why it is safe is written there).
-        in_one = state.fast_path and fastpath.has_append_in_one(engine)
 
         async def body(run: Runner, token: str) -> None:
-            now = utc_now()
-            head = {"sid": session_id, "now": now, "n": len(texts), "token": token}
-            if in_one:
-                await run.count(fastpath.APPEND, {**head, "texts": texts})
-                return
-            if mysql:
-                await self._check_packet(run, texts)
-            rows = [{"sid": session_id, "data": text, "now": now} for text in texts]
-            await run.steps(
-                [Step("count", "upsert_session", head), Step("many", "insert_message", rows)]
+            await bound.ops.append(run, session_id, texts, token)
+
+        await writes.shielded(
+            lambda: writes.run_write(
+                bound, session_id, body, autocommit=bound.ops.append_autocommits
             )
-
-        await self._mutate(lambda: self._write(body, autocommit=in_one))
-
-    async def _check_packet(self, run: Runner, texts: list[str]) -> None:
-        _, _, state = await self._bind()
-        limit = await self._max_packet(run, state)
-        for index, text in enumerate(texts):
-            size = len(text) if text.isascii() else len(text.encode("utf-8"))
-            # The statement around the item needs a little room of its own.
-            if 2 * size + 1024 <= limit:
-                continue
-            # aiomysql sends the item as an escaped string literal: each \, " and '
-            # takes two bytes. A 12 MB item of quotes is 24 MB on the wire, and a
-            # server that gets more than max_allowed_packet drops the connection
-            # (tests/test_hostile.py), so count what is really sent.
-            size += text.count("\\") + text.count('"') + text.count("'")
-            if size + 1024 > limit:
-                raise ValueError(
-                    f"item {index} is {size} bytes of escaped JSON, more than this MySQL server "
-                    f"accepts in one statement (max_allowed_packet = {limit}); raise "
-                    "max_allowed_packet on the server or store smaller items"
-                )
+        )
 
     async def pop_item(self) -> dict[str, Any] | None:
         """Remove and return the newest item, or ``None`` if there is none.
@@ -455,70 +223,24 @@ class SQLAlchemySession(SessionABC):
         Each item goes to exactly one caller. If this call is cancelled after
         the database removed the item, the item is put back where it was.
         """
+        bound = await self._bind()
         session_id = self.session_id
-        engine, stmts, state = await self._bind()
-        one_statement = stmts.delete_newest_returning is not None
-        # PostgreSQL on the fast path: lock and delete in one statement (fastpath.POP).
-        in_one = state.fast_path and fastpath.has_pop_in_one(engine)
 
-        async def body(run: Runner, token: str) -> tuple[int, str, str] | None:
-            sid = {"sid": session_id}
-            if in_one:
-                params = {"sid": session_id, "now": utc_now(), "token": token}
-                locked, fresh, mid, data = (await run.rows(fastpath.POP, params))[0]
-                if not locked:
-                    return None
-                if not fresh:
-                    # A writer committed between the statement's snapshot and its lock.
-                    rows = await run.rows("delete_newest_returning", sid)
-                    mid, data = rows[0] if rows else (None, None)
-                if mid is None:
-                    # Nothing to pop: undo the count decrement taken with the lock.
-                    await run.rollback()
-                    return None
-                return int(mid), data, token
-            lock = Step(
-                "count",
-                "lock_session_pop",
-                {"sid": session_id, "now": utc_now(), "token": token},
-                stop_if_empty=True,
-            )
-            # Nothing to pop rolls back, undoing the count decrement taken with the lock.
-            if one_statement:
-                done = await run.steps([lock, Step("rows", "delete_newest_returning", sid, True)])
-                rows = done[-1] if len(done) == 2 else []
-            else:
-                # MySQL: the lock and the SELECT as one batch, then the DELETE
-                # and COMMIT as another (aiomysql: two round trips, not four).
-                # The item is in hand before COMMIT is sent, and becomes the
-                # result should the reply to that COMMIT be lost.
-                locked, rows = await run.steps(
-                    [replace(lock, stop_if_empty=False), Step("rows", "select_newest", sid)],
-                    commit=False,
-                )
-                if not rows:
-                    if locked:
-                        await run.rollback()
-                    return None
-                run.if_committed = int(rows[0][0]), rows[0][1], token
-                await run.steps([Step("count", "delete_by_id", {"mid": rows[0][0]})])
-                return run.if_committed  # type: ignore[no-any-return]
-            if not rows:
-                return None
-            return int(rows[0][0]), rows[0][1], token
+        async def body(run: Runner, token: str) -> Popped | None:
+            return await bound.ops.pop(run, session_id, token)
 
         try:
-            popped: tuple[int, str, str] | None = await self._mutate(
-                lambda: self._write(body), undo=self._put_back
+            popped: Popped | None = await writes.shielded(
+                lambda: writes.run_write(bound, session_id, body), undo=self._put_back
             )
         except WriteOutcomeUnknownError as exc:
             # Hand the caller the item itself, so it is not lost if the pop committed.
-            if isinstance(exc.result, tuple):
-                exc.result = decode_item(exc.result[1])
+            if isinstance(exc.result, Popped):
+                exc.result = decode_item(exc.result.text)
             raise
-        return None if popped is None else decode_item(popped[1])
+        return None if popped is None else decode_item(popped.text)
 
-    async def _put_back(self, popped: tuple[int, str, str]) -> None:
+    async def _put_back(self, popped: Popped) -> None:
         """Return a popped item to its old place (its caller was cancelled).
 
         Unless the session was cleared or deleted after the pop committed: a
@@ -526,47 +248,33 @@ class SQLAlchemySession(SessionABC):
         bringing it back would resurrect cleared history. The session row's
         token ring tells: a clear's token newer than the pop's, or no row.
         """
-        message_id, text, pop_token = popped
+        bound = await self._bind()
         session_id = self.session_id
 
         async def body(run: Runner, token: str) -> None:
-            now = utc_now()
-            # The upsert first: it takes the session's lock (on SQLite, the
-            # write lock) before the ring is read, so no clear can slip between.
-            await run.count(
-                "upsert_session", {"sid": session_id, "now": now, "n": 1, "token": token}
-            )
-            ring = await run.rows("read_tokens", {"sid": session_id})
-            since = _tokens(ring[0][0])[1:]  # newest first, without this write's own
-            if pop_token in since:
-                since = since[: since.index(pop_token)]
+            ring = await bound.ops.lock_for_put_back(run, session_id, token)
+            since = writes.tokens(ring)[1:]  # newest first, without this write's own
+            if popped.token in since:
+                since = since[: since.index(popped.token)]
             elif not since:
                 # No row before the upsert made one: the session was deleted.
                 await run.rollback()
                 return
             # (The pop's token gone from a non-empty ring: eight writes since,
             # or a replaced session. Not knowing, the item goes back.)
-            if any(t.startswith(_CLEAR_MARK) for t in since):
+            if any(t.startswith(writes.CLEAR_MARK) for t in since):
                 await run.rollback()
                 return
-            await run.count(
-                "insert_message_with_id",
-                {"mid": message_id, "sid": session_id, "data": text, "now": now},
-            )
+            await bound.ops.reinsert(run, session_id, popped)
 
-        await self._write(body)
+        await writes.run_write(bound, session_id, body)
 
     async def clear_session(self) -> None:
         """Remove every item of this session; other sessions are untouched."""
+        bound = await self._bind()
         session_id = self.session_id
 
         async def body(run: Runner, token: str) -> None:
-            params = {"sid": session_id, "now": utc_now(), "token": token}
-            await run.steps(
-                [
-                    Step("count", "lock_session_clear", params, stop_if_empty=True),
-                    Step("count", "delete_all", {"sid": session_id}),
-                ]
-            )
+            await bound.ops.clear(run, session_id, token)
 
-        await self._mutate(lambda: self._write(body, clearing=True))
+        await writes.shielded(lambda: writes.run_write(bound, session_id, body, clearing=True))

@@ -31,8 +31,7 @@ from rich.progress import (
 from rich.table import Table
 from sqlalchemy.exc import DBAPIError
 
-from ..store import SessionStore
-from ..store_query import SessionInfo
+from ..store import SessionInfo, SessionStore
 
 __all__ = ["parse_duration", "register"]
 

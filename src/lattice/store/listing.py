@@ -1,7 +1,8 @@
-"""The pieces of :class:`~lattice.store.SessionStore` queries: filters, cursors, metadata.
+"""Which sessions a call applies to: filters, keyset positions, cursors, and the walk.
 
-Kept apart from the store so that each part stays small and can be tested
-on its own. Nothing here does I/O.
+Pages are cut by keyset on ``(updated_at, session_id)``, so a page costs the
+same however deep it is, and a session written between two pages moves to the
+front rather than shifting the others.
 """
 
 from __future__ import annotations
@@ -10,170 +11,32 @@ import base64
 import binascii
 import datetime as dt
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from sqlalchemy import Dialect, and_, func, literal, or_
 from sqlalchemy.sql.expression import ColumnElement
 
-from .items import encode_item
-from .schema import METADATA_MAX_BYTES, LatticeTables, SessionId, UtcDateTime
-from .sqlalchemy_session import check_session_id
+from ..dialects import rules
+from ..items import check_session_id
+from ..schema import LatticeTables, SessionId, UtcDateTime
+from .core import StoreCore
+from .model import SessionInfo
 
 __all__ = [
-    "DeleteResult",
-    "ExportResult",
+    "WALK_CHUNK",
     "FilterArgs",
     "Filters",
-    "ImportResult",
-    "SessionInfo",
     "decode_cursor",
     "encode_cursor",
-    "encode_metadata",
-    "merge_patch",
+    "keyset_after",
+    "keyset_before",
+    "walk",
 ]
 
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """What the catalogue knows about one session.
-
-    Attributes:
-        session_id: The session's id.
-        created_at: When its row was created (aware UTC).
-        updated_at: Its last activity: the last ``add_items``, ``pop_item``
-            or ``clear_session`` (aware UTC). Metadata changes do not count.
-        item_count: How many items it holds, kept exact by every write.
-        metadata: The application's metadata (``{}`` when none was set).
-    """
-
-    session_id: str
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    item_count: int
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def owner(self) -> str | None:
-        """The ``"owner"`` key of the metadata, if it is set."""
-        owner = self.metadata.get("owner")
-        return owner if isinstance(owner, str) else None
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (timestamps as ISO 8601 text)."""
-        return {
-            "session_id": self.session_id,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-            "item_count": self.item_count,
-            "metadata": self.metadata,
-        }
-
-    @classmethod
-    def from_row(cls, row: Any) -> SessionInfo:
-        """Build from a row of ``session_id, created_at, updated_at, item_count, metadata``."""
-        return cls(
-            session_id=row[0],
-            created_at=row[1],
-            updated_at=row[2],
-            item_count=int(row[3]),
-            metadata=decode_metadata(row[4]),
-        )
-
-
-@dataclass
-class DeleteResult:
-    """How much a deletion removed: ``sessions`` rows and the ``items`` they held."""
-
-    sessions: int = 0
-    items: int = 0
-
-    def add(self, other: DeleteResult) -> None:
-        """Add ``other``'s counts to these."""
-        self.sessions += other.sessions
-        self.items += other.items
-
-
-@dataclass
-class ExportResult:
-    """How many sessions and items an export wrote."""
-
-    sessions: int = 0
-    items: int = 0
-
-
-@dataclass
-class ImportResult:
-    """What an import or copy did, session by session, and the items it wrote.
-
-    ``created``: sessions that did not exist; ``replaced``, ``appended``,
-    ``skipped``: sessions that existed, by the conflict policy applied.
-    """
-
-    created: int = 0
-    replaced: int = 0
-    appended: int = 0
-    skipped: int = 0
-    items: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        """The counts as a dict."""
-        return dict(self.__dict__)
-
-
-def encode_metadata(metadata: Any) -> tuple[str | None, str | None]:
-    """Validate ``metadata`` and return ``(json_text, owner)``; ``{}`` is stored as NULL.
-
-    Raises:
-        TypeError: not a dict, or holding something JSON cannot represent, or an
-            ``"owner"`` that is not a string.
-        ValueError: over :data:`~lattice.schema.METADATA_MAX_BYTES`, or an invalid owner.
-    """
-    if not isinstance(metadata, Mapping):
-        raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
-    metadata = dict(metadata)
-    try:
-        text = encode_item(metadata, 0, METADATA_MAX_BYTES)
-    except (TypeError, ValueError) as exc:
-        # encode_item speaks of "item 0"; say what this really is.
-        message = str(exc).replace("item 0", "metadata", 1).replace("(max_item_bytes)", "")
-        raise type(exc)(message.rstrip()) from exc
-    owner = metadata.get("owner")
-    if owner is not None:
-        if not isinstance(owner, str):
-            raise TypeError(f'metadata["owner"] must be a string, not {type(owner).__name__}')
-        try:
-            check_session_id(owner)
-        except ValueError as exc:
-            raise ValueError(str(exc).replace("session_id", 'metadata["owner"]')) from exc
-    return (text if metadata else None), owner
-
-
-def decode_metadata(text: str | None) -> dict[str, Any]:
-    """The metadata dict stored as ``text`` (``{}`` for NULL)."""
-    if not text:
-        return {}
-    value = json.loads(text)
-    return value if isinstance(value, dict) else {}
-
-
-def merge_patch(target: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """Apply ``patch`` to ``target`` as a JSON Merge Patch (RFC 7396), returning a new dict.
-
-    Keys of ``patch`` replace those of ``target``; a ``None`` value removes the
-    key; a dict value is merged into a dict value the same way, recursively.
-    """
-    merged = dict(target)
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, Mapping):
-            current = merged.get(key)
-            merged[key] = merge_patch(current if isinstance(current, dict) else {}, value)
-        else:
-            merged[key] = value
-    return merged
+#: Sessions read per query while walking the catalogue.
+WALK_CHUNK = 500
 
 
 def _aware(value: Any, name: str) -> dt.datetime:
@@ -270,10 +133,9 @@ class Filters:
             conditions.append(s.c.updated_at < literal(self.updated_before, UtcDateTime()))
         if self.prefix is not None:
             # Not LIKE: SQLite's LIKE ignores ASCII case. substr() counts
-            # characters on PostgreSQL and SQLite, and bytes on MySQL, where
-            # ids are binary strings; comparing with "=" is exact everywhere.
-            mysql = dialect.name in ("mysql", "mariadb")
-            length = len(self.prefix.encode("utf-8")) if mysql else len(self.prefix)
+            # characters or bytes (Rules.prefix_in_bytes); comparing with "="
+            # is exact everywhere.
+            length = rules(dialect).prefix_length(self.prefix)
             conditions.append(
                 func.substr(s.c.session_id, 1, length, type_=SessionId())
                 == literal(self.prefix, SessionId())
@@ -347,3 +209,39 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
             f"invalid cursor {cursor[:40]!r}: pass the next_cursor of a previous page"
         ) from None
     return when, session_id
+
+
+async def walk(
+    core: StoreCore,
+    filters: Filters,
+    *,
+    newest_first: bool,
+    start: tuple[dt.datetime, str] | None = None,
+    chunk: int = WALK_CHUNK,
+) -> AsyncIterator[SessionInfo]:
+    """Every matching session in activity order, read ``chunk`` rows at a time.
+
+    No connection is held between chunks, so the caller may write while
+    iterating.
+    """
+    s = core.tables.sessions
+    conditions = filters.where(core.tables, core.engine.dialect)
+    if newest_first:
+        order = [s.c.updated_at.desc(), s.c.session_id.desc()]
+        after = keyset_before
+    else:
+        order = [s.c.updated_at.asc(), s.c.session_id.asc()]
+        after = keyset_after
+    position = start
+    while True:
+        query = core.info_columns().where(*conditions)
+        if position is not None:
+            query = query.where(after(core.tables, *position))
+        rows = await core.read(query.order_by(*order).limit(chunk))
+        for row in rows:
+            info = SessionInfo.from_row(row)
+            if filters.matches_metadata(info.metadata):
+                yield info
+        if len(rows) < chunk:
+            return
+        position = (rows[-1][2], rows[-1][0])

@@ -1,4 +1,4 @@
-"""The driver fast path (``lattice.fastpath``) against SQLAlchemy's execution path.
+"""The driver fast path (``lattice.drivers``) against SQLAlchemy's execution path.
 
 Sessions run on the fast path wherever the driver has one, so the whole suite
 exercises it. These tests pin what the fast path must not change: what is
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -149,7 +149,8 @@ async def test_a_statement_the_database_refuses_leaves_nothing_written(
     messages = tables.messages.name
     async with engine.begin() as conn:
         for ddl in _refusing_triggers(engine.dialect.name, messages):
-            await conn.exec_driver_sql(ddl)
+            # text(): "%" in the DDL is escaped for drivers of the pyformat paramstyle.
+            await conn.execute(text(ddl))
     try:
         session = session_on(engine, tables, "refused")
         await session.add_items([{"n": 0}, {"n": "stuck"}])
@@ -242,7 +243,7 @@ async def test_a_pop_that_waited_for_another_pop_takes_the_next_item(
 
     On PostgreSQL the pop's lock and delete are one statement, whose snapshot
     predates the first pop's commit; it must notice and delete again
-    (``fastpath.POP``), not return ``None`` or the first pop's item.
+    (``Stmt.POP`` of ``lattice.drivers.asyncpg``), not return ``None`` or the first pop's item.
     """
     instrument(engine)
     session = session_on(engine, tables, "queued-pops")

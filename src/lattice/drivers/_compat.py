@@ -1,0 +1,134 @@
+"""Every call Lattice makes into a third-party private (or undocumented) API, and only here.
+
+Like Alembic's ``util/sqla_compat.py``: each helper says what it relies on,
+checks for it where a fallback exists, and ``tests/test_compat.py`` asserts
+that each name still exists and behaves as relied on, so an upgrade of
+SQLAlchemy, aiosqlite or Alembic that removes one fails there, loudly, and
+not somewhere in a session's write path.
+
+Names used:
+
+* SQLAlchemy: ``SQLCompiler.positiontup`` (the order of positional binds),
+  ``sqlalchemy.util.greenlet_spawn`` (run pool code that may do I/O from
+  asyncio), ``_ConnectionFairy._close_special`` (return a connection known
+  to be idle without the pool's reset), ``Pool._invalidate`` (invalidate a
+  connection and every older one, as ``Connection`` does on a disconnect),
+  the asyncio adapters' ``_handle_exception`` (the dialect's own mapping of
+  driver exceptions to its DB-API classes).
+* aiosqlite: ``Connection._execute`` and ``Connection._conn`` (run one
+  function on the connection's thread with the ``sqlite3`` connection).
+* Alembic: ``alembic.context._proxy`` / ``EnvironmentContext._install_proxy``
+  (put back the application's own environment after Lattice's ran inside it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.util import greenlet_spawn
+
+__all__ = [
+    "adapter_rollback",
+    "alembic_proxy",
+    "close_connection",
+    "greenlet_spawn",
+    "invalidate_pool",
+    "pool_checkout",
+    "positional_bind_names",
+    "restore_alembic_proxy",
+    "return_idle_connection",
+    "sqlite_thread_call",
+    "sqlite_thread_calls_supported",
+    "translate_driver_error",
+]
+
+
+def positional_bind_names(compiled: Any) -> tuple[str, ...]:
+    """The bind parameter names of a compiled statement, in positional order."""
+    return tuple(compiled.positiontup or ())
+
+
+async def pool_checkout(pool: Any) -> Any:
+    """Check a connection out of a (synchronous-facing) SQLAlchemy pool from asyncio."""
+    return await greenlet_spawn(pool.connect)
+
+
+def _queue_has_room(pool: Any) -> bool:
+    """True when a connection given back to ``pool`` is queued, not closed (no I/O)."""
+    size = getattr(pool, "size", None)
+    checkedin = getattr(pool, "checkedin", None)
+    return callable(size) and callable(checkedin) and bool(checkedin() < size())
+
+
+async def return_idle_connection(fairy: Any, pool: Any) -> None:
+    """Give back a connection known to be idle, skipping the pool's reset-on-return.
+
+    The pool's reset would be a ROLLBACK round trip (a thread hop on SQLite)
+    on a connection that just committed or rolled back; this is what
+    SQLAlchemy's ``Connection`` does after ending its own transaction. When
+    the queue has room the connection only goes back on it (nothing to
+    await, so no greenlet hand-off: about 30 us of a 340 us indexed read).
+    """
+    if _queue_has_room(pool):
+        fairy._close_special(transaction_reset=True)
+    else:
+        await greenlet_spawn(fairy._close_special, transaction_reset=True)
+
+
+async def close_connection(fairy: Any) -> None:
+    """Close a checked-out connection's record (already invalidated or to be closed)."""
+    await greenlet_spawn(fairy.close)
+
+
+def invalidate_pool(pool: Any, fairy: Any, exc: BaseException | None) -> None:
+    """Invalidate ``fairy`` and every connection the pool made before it (a disconnect).
+
+    As SQLAlchemy's ``Connection`` does on a disconnect: connections made
+    before this one are recycled on their next checkout (a server restart
+    killed them all), and this one is closed now.
+    """
+    pool._invalidate(fairy, exc)
+
+
+def translate_driver_error(adapter: Any, exc: Exception) -> Exception:
+    """The dialect's own DB-API exception for a raw driver exception (or ``exc`` itself).
+
+    SQLAlchemy's asyncio adapters (asyncpg, aiosqlite, aiomysql, ...) map
+    their driver's exceptions to DB-API classes in ``_handle_exception``,
+    which always raises.
+    """
+    handle = getattr(adapter, "_handle_exception", None)
+    if handle is None:
+        return exc
+    try:
+        handle(exc)
+    except Exception as translated:
+        return translated
+    return exc
+
+
+async def adapter_rollback(adapter: Any) -> None:
+    """Roll back through SQLAlchemy's DB-API adapter, so its bookkeeping agrees."""
+    await greenlet_spawn(adapter.rollback)
+
+
+def sqlite_thread_calls_supported(conn: Any) -> bool:
+    """True when aiosqlite can run a function on its thread (``Connection._execute``)."""
+    return callable(getattr(conn, "_execute", None)) and hasattr(conn, "_conn")
+
+
+async def sqlite_thread_call(conn: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(sqlite3_connection, *args)`` on aiosqlite's thread, in one hand-off."""
+    return await conn._execute(fn, conn._conn, *args)
+
+
+def alembic_proxy(context_module: Any) -> Any:
+    """The ``EnvironmentContext`` currently installed as ``alembic.context``, if any."""
+    return getattr(context_module, "_proxy", None)
+
+
+def restore_alembic_proxy(context_module: Any, outer: Any) -> None:
+    """Install ``outer`` again as ``alembic.context`` if another one replaced it."""
+    if outer is not None and alembic_proxy(context_module) is not outer:
+        outer._install_proxy()

@@ -1,0 +1,107 @@
+"""The store's engine and transactions: what every other part of the store runs on.
+
+Engine ownership:
+
+* ``SessionStore(engine)`` uses the caller's engine and never disposes it.
+* ``SessionStore.from_url(url)`` makes an engine of its own (not one of the
+  process's shared ``from_url`` engines), and ``close()`` disposes exactly it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .. import engines, writes
+from ..dialects import statements
+from ..schema import LatticeTables, utc_now
+
+__all__ = ["StoreCore"]
+
+_T = TypeVar("_T")
+
+
+class StoreCore:
+    """An engine, a pair of tables and the limits the store applies on them."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        tables: LatticeTables,
+        *,
+        create_tables: bool,
+        max_item_bytes: int,
+        owns_engine: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.tables = tables
+        self.create_tables = create_tables
+        self.max_item_bytes = max_item_bytes
+        self.owns_engine = owns_engine
+
+    async def bind(self) -> engines.EngineState:
+        """The engine's state, with the tables created first if asked."""
+        state = engines.engine_state(self.engine)
+        if self.create_tables:
+            await engines.ensure_tables(self.engine, state, self.tables)
+        return state
+
+    async def read(self, statement: Select[Any]) -> list[Any]:
+        """The rows of one read."""
+        state = await self.bind()
+        async with state.exclusive(), self.engine.connect() as conn:
+            return list((await conn.execute(statement)).all())
+
+    async def transact(self, body: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
+        """Run ``body`` in one transaction, again when the server rolled it back.
+
+        A concurrent creation of the same row (``IntegrityError``) also runs
+        again: the second attempt finds the row.
+        """
+        state = await self.bind()
+
+        async def attempt() -> _T:
+            async with state.exclusive(), self.engine.begin() as conn:
+                return await body(conn)
+
+        return await writes.retry_conflicts(
+            attempt, also=lambda exc: isinstance(exc, IntegrityError)
+        )
+
+    def info_columns(self) -> Select[Any]:
+        """``SELECT`` of the columns :meth:`SessionInfo.from_row` reads."""
+        s = self.tables.sessions
+        return select(
+            s.c.session_id, s.c.created_at, s.c.updated_at, s.c.item_count, s.c.session_metadata
+        )
+
+    async def lock(self, conn: AsyncConnection, ids: list[str]) -> int:
+        """Take the row locks of ``ids`` with a no-op write; return how many exist.
+
+        A write, not ``SELECT ... FOR UPDATE``: on SQLite a transaction that
+        reads first and writes later can fail at once with SQLITE_BUSY when
+        another writer got in between, while one that starts by writing waits
+        its turn (busy_timeout). Writers of a session lock its row first too,
+        so the lock order is the same everywhere.
+        """
+        s = self.tables.sessions
+        where = s.c.session_id == ids[0] if len(ids) == 1 else s.c.session_id.in_(ids)
+        result = await conn.execute(update(s).where(where).values(item_count=s.c.item_count))
+        return int(result.rowcount)
+
+    async def lock_or_create(self, conn: AsyncConnection, session_id: str) -> bool:
+        """Lock the session's row, creating it empty if missing; True if it existed.
+
+        The row is created by the same upsert every write of a session starts
+        with (:mod:`lattice.dialects`), the one place session rows are made.
+        """
+        if await self.lock(conn, [session_id]):
+            return True
+        upsert = statements(self.tables, conn.dialect).upsert_session
+        params = {"sid": session_id, "now": utc_now(), "n": 0, "token": writes.new_token()}
+        await conn.execute(upsert, params)
+        return False

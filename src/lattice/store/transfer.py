@@ -1,0 +1,379 @@
+"""Export, import and copy of sessions as a stream of records, over the store's core.
+
+Memory stays bounded: the source reads sessions by keyset a chunk at a time
+and each session's items by keyset, a chunk at a time, and
+the target writes them in batches of at most ``_BATCH_ITEMS`` items or
+``_BATCH_BYTES`` bytes, one transaction per batch. The file format is
+:mod:`lattice.store.jsonl`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.pool import StaticPool
+
+from ..dialects import rules
+from . import jsonl
+from .core import StoreCore
+from .jsonl import Item
+from .listing import Filters
+from .model import (
+    ExportResult,
+    ImportResult,
+    SessionInfo,
+    decode_metadata,
+    encode_metadata,
+    merge_patch,
+)
+from .retention import DEFAULT_BATCH_ITEMS, delete_one
+
+__all__ = ["CONFLICT_POLICIES", "copy_sessions", "export_jsonl", "import_jsonl"]
+
+CONFLICT_POLICIES = ("skip", "replace", "append")
+
+# Sessions read per keyset query, and items per keyset query within a session
+# (the items of one session). With 2 KiB items an export holds well under 1 MB at a time.
+_SESSION_CHUNK = 500
+_ITEM_CHUNK = 200
+# An import transaction writes at most this many items or bytes (which stays
+# far below MySQL's max_allowed_packet, 16 MiB by default on MariaDB).
+_BATCH_ITEMS = 1000
+_BATCH_BYTES = 4 * 1024 * 1024
+# Lines written per file write.
+_WRITE_BYTES = 1024 * 1024
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class _Session:
+    info: SessionInfo
+    items: list[Item] = field(default_factory=list)
+
+
+# -- reading the database ------------------------------------------------------
+
+
+async def _db_records(
+    store: StoreCore, filters: Filters
+) -> AsyncIterator[SessionInfo | list[Item]]:
+    """Yield each matching session's info, then its items in chunks, by session id.
+
+    On PostgreSQL and MySQL everything is read in one REPEATABLE READ
+    transaction, so the export is one consistent snapshot. SQLite (whose
+    driver cannot hold a read snapshot across statements here) reads each
+    chunk at the latest commit.
+    """
+    state = await store.bind()
+    s, m = store.tables.sessions, store.tables.messages
+    conditions = filters.where(store.tables, store.engine.dialect)
+    async with state.exclusive(), store.engine.connect() as conn:
+        isolation = rules(conn.dialect).export_isolation
+        if isolation is not None:
+            await conn.execution_options(isolation_level=isolation)
+        async with conn.begin():
+            last: str | None = None
+            while True:
+                query = store.info_columns().where(*conditions)
+                if last is not None:
+                    query = query.where(s.c.session_id > last)
+                query = query.order_by(s.c.session_id).limit(_SESSION_CHUNK)
+                rows = (await conn.execute(query)).all()
+                for row in rows:
+                    info = SessionInfo.from_row(row)
+                    if not filters.matches_metadata(info.metadata):
+                        continue
+                    yield info
+                    # Keyset chunks rather than a server-side cursor: bounded
+                    # memory on every driver (asyncmy's streaming cursor
+                    # buffered most of a 16 MB session), one snapshot all the same.
+                    after = 0
+                    while True:
+                        chunk = (
+                            await conn.execute(
+                                select(m.c.id, m.c.created_at, m.c.message_data)
+                                .where(m.c.session_id == info.session_id, m.c.id > after)
+                                .order_by(m.c.id)
+                                .limit(_ITEM_CHUNK)
+                            )
+                        ).all()
+                        if chunk:
+                            yield [(r[1], r[2]) for r in chunk]
+                            after = chunk[-1][0]
+                        if len(chunk) < _ITEM_CHUNK:
+                            break
+                if len(rows) < _SESSION_CHUNK:
+                    return
+                last = rows[-1][0]
+
+
+async def _file_records(
+    handle: IO[str], max_item_bytes: int
+) -> AsyncIterator[SessionInfo | list[Item]]:
+    parser = jsonl.Parser(max_item_bytes)
+    while lines := await asyncio.to_thread(jsonl.read_lines, handle):
+        items: list[Item] = []
+        for line in lines:
+            record = parser.feed(line)
+            if isinstance(record, SessionInfo):
+                if items:
+                    yield items
+                    items = []
+                yield record
+            elif record is not None:
+                items.append(record)
+        if items:
+            yield items
+
+
+# -- writing the database -----------------------------------------------------------
+
+
+class _Writer:
+    """Writes a stream of records into a store, batch by batch."""
+
+    def __init__(self, store: StoreCore, on_conflict: str, progress: Progress | None) -> None:
+        self.store = store
+        self.on_conflict = on_conflict
+        self.progress = progress
+        self.result = ImportResult()
+        self.session_id: str | None = None
+        self.batch: list[Item] = []
+        self.batch_bytes = 0
+
+    async def run(self, records: AsyncIterator[SessionInfo | list[Item]]) -> ImportResult:
+        async for record in records:
+            if isinstance(record, SessionInfo):
+                await self.flush()
+                self.session_id = await self.begin(record)
+                continue
+            if self.session_id is None:  # a skipped session
+                if self.progress is not None:
+                    self.progress(len(record))
+                continue
+            for item in record:
+                self.batch.append(item)
+                self.batch_bytes += len(item[1])
+                if len(self.batch) >= _BATCH_ITEMS or self.batch_bytes >= _BATCH_BYTES:
+                    await self.flush()
+        await self.flush()
+        return self.result
+
+    async def begin(self, info: SessionInfo) -> str | None:
+        """Make (or pick up) the session's row; ``None`` when it is skipped."""
+        store = self.store
+        s = store.tables.sessions
+        this = s.c.session_id == info.session_id
+        text, owner = encode_metadata(info.metadata)
+
+        async def body(conn: AsyncConnection) -> str:
+            if await store.lock(conn, [info.session_id]):
+                if self.on_conflict != "append":
+                    return self.on_conflict
+                row = (
+                    await conn.execute(select(s.c.session_metadata, s.c.updated_at).where(this))
+                ).one()
+                # The one metadata merge of the store (RFC 7396), as set_metadata does.
+                merged = merge_patch(decode_metadata(row[0]), info.metadata)
+                merged_text, merged_owner = encode_metadata(merged)
+                await conn.execute(
+                    update(s)
+                    .where(this)
+                    .values(
+                        session_metadata=merged_text,
+                        owner=merged_owner,
+                        updated_at=max(row[1], info.updated_at),
+                    )
+                )
+                return "appended"
+            await store.lock_or_create(conn, info.session_id)
+            await conn.execute(
+                update(s)
+                .where(this)
+                .values(
+                    created_at=info.created_at,
+                    updated_at=info.updated_at,
+                    session_metadata=text,
+                    owner=owner,
+                )
+            )
+            return "created"
+
+        outcome = await store.transact(body)
+        if outcome == "replace":
+            await delete_one(store, info.session_id, Filters(), DEFAULT_BATCH_ITEMS)
+            if await store.transact(body) != "created":
+                raise RuntimeError(f"session {info.session_id!r} came back while being replaced")
+            outcome = "replaced"
+        if outcome == "skip":
+            self.result.skipped += 1
+            return None
+        setattr(self.result, outcome, getattr(self.result, outcome) + 1)
+        return info.session_id
+
+    async def flush(self) -> None:
+        if not self.batch or self.session_id is None:
+            return
+        store, batch, session_id = self.store, self.batch, self.session_id
+        s, m = store.tables.sessions, store.tables.messages
+
+        async def body(conn: AsyncConnection) -> None:
+            await store.lock(conn, [session_id])
+            await conn.execute(
+                insert(m),
+                [
+                    {"session_id": session_id, "message_data": text, "created_at": created_at}
+                    for created_at, text in batch
+                ],
+            )
+            await conn.execute(
+                update(s)
+                .where(s.c.session_id == session_id)
+                .values(item_count=s.c.item_count + len(batch))
+            )
+
+        await store.transact(body)
+        self.result.items += len(batch)
+        if self.progress is not None:
+            self.progress(len(batch))
+        self.batch, self.batch_bytes = [], 0
+
+
+def _check_policy(on_conflict: str) -> None:
+    if on_conflict not in CONFLICT_POLICIES:
+        raise ValueError(
+            f"on_conflict must be one of {', '.join(CONFLICT_POLICIES)}, not {on_conflict!r}"
+        )
+
+
+# -- the public operations ---------------------------------------------------------
+
+
+def _open(path: str | Path, mode: str) -> IO[str]:
+    return open(path, mode, encoding="utf-8", newline="\n" if "w" in mode else None)
+
+
+def _write(handle: IO[str], lines: list[str]) -> None:
+    handle.write("".join(lines))
+
+
+def _finish_file(partial: Path, final: Path, ok: bool) -> None:
+    if ok:
+        os.replace(partial, final)
+    else:
+        partial.unlink(missing_ok=True)
+
+
+async def export_jsonl(
+    store: StoreCore,
+    destination: str | Path | IO[str],
+    *,
+    prefix: str | None,
+    owner: str | None,
+    progress: Progress | None,
+) -> ExportResult:
+    """See :meth:`lattice.SessionStore.export_jsonl`.
+
+    A path is written as ``<path>.partial`` and renamed when complete, so a
+    failed export never leaves a file that looks whole.
+    """
+    filters = Filters.make(prefix=prefix, owner=owner)
+    if isinstance(destination, (str, Path)):
+        final = Path(destination)
+        partial = final.with_name(final.name + ".partial")
+        handle = await asyncio.to_thread(_open, partial, "w")
+        ok = False
+        try:
+            result = await _export(store, handle, filters, progress)
+            ok = True
+            return result
+        finally:
+            await asyncio.to_thread(handle.close)
+            await asyncio.to_thread(_finish_file, partial, final, ok)
+    return await _export(store, destination, filters, progress)
+
+
+async def _export(
+    store: StoreCore, handle: IO[str], filters: Filters, progress: Progress | None
+) -> ExportResult:
+    result = ExportResult()
+    lines = [jsonl.header_line()]
+    size = 0
+    async for record in _db_records(store, filters):
+        if isinstance(record, SessionInfo):
+            lines.append(jsonl.session_line(record))
+            result.sessions += 1
+            continue
+        for item in record:
+            line = jsonl.item_line(item)
+            lines.append(line)
+            size += len(line)
+        result.items += len(record)
+        if progress is not None:
+            progress(len(record))
+        if size >= _WRITE_BYTES:
+            await asyncio.to_thread(_write, handle, lines)
+            lines, size = [], 0
+    lines.append(jsonl.end_line(result.sessions, result.items))
+    await asyncio.to_thread(_write, handle, lines)
+    await asyncio.to_thread(handle.flush)
+    return result
+
+
+async def import_jsonl(
+    store: StoreCore,
+    source: str | Path | IO[str],
+    *,
+    on_conflict: str,
+    progress: Progress | None,
+) -> ImportResult:
+    """See :meth:`lattice.SessionStore.import_jsonl`."""
+    _check_policy(on_conflict)
+    if isinstance(source, (str, Path)):
+        handle = await asyncio.to_thread(_open, source, "r")
+        try:
+            return await _import(store, handle, on_conflict, progress)
+        finally:
+            await asyncio.to_thread(handle.close)
+    if not await asyncio.to_thread(source.seekable):
+        raise TypeError(
+            "import_jsonl reads its source twice (once to check it); pass a path or a seekable file"
+        )
+    return await _import(store, source, on_conflict, progress)
+
+
+async def _import(
+    store: StoreCore, handle: IO[str], on_conflict: str, progress: Progress | None
+) -> ImportResult:
+    start = handle.tell()
+    await asyncio.to_thread(jsonl.check_file, handle, store.max_item_bytes)
+    handle.seek(start)
+    writer = _Writer(store, on_conflict, progress)
+    return await writer.run(_file_records(handle, store.max_item_bytes))
+
+
+async def copy_sessions(
+    source: StoreCore,
+    target: StoreCore,
+    *,
+    on_conflict: str,
+    prefix: str | None,
+    owner: str | None,
+    progress: Progress | None,
+) -> ImportResult:
+    """See :meth:`lattice.SessionStore.copy_to`."""
+    _check_policy(on_conflict)
+    if source.engine is target.engine and (
+        source.tables is target.tables or isinstance(source.engine.sync_engine.pool, StaticPool)
+    ):
+        raise ValueError("copy_to needs another store: a different database or other tables")
+    filters = Filters.make(prefix=prefix, owner=owner)
+    return await _Writer(target, on_conflict, progress).run(_db_records(source, filters))

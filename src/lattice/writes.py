@@ -1,0 +1,257 @@
+"""The write protocol every session and the store follow: shielding, retries, exact outcomes.
+
+One module so there is one answer to each of these questions:
+
+* **Cancellation.** A write that has started runs to its end in a task of
+  its own (:func:`shielded`), or the caller could be told "cancelled" while
+  the database commits; a result the caller will never see is undone (a
+  popped item goes back), then the cancellation goes on.
+* **Conflicts.** A transaction the server rolled back (deadlock, lock wait
+  timeout, serialization failure: :func:`lattice.dialects.is_transient_conflict`)
+  runs again, up to :data:`CONFLICT_RETRIES` times with a short growing
+  pause (:func:`backoff`).
+* **Lost connections.** Lost before COMMIT was sent: nothing committed, so
+  it runs again once. Lost after: the database is asked, under the session's
+  row lock, whether this attempt's write token committed (:func:`run_write`);
+  if it cannot be asked, :class:`~lattice.errors.WriteOutcomeUnknownError`
+  carries what the write had produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .dialects import is_transient_conflict
+from .drivers import Driver, Operations, Runner
+from .engines import EngineState
+from .errors import WriteOutcomeUnknownError
+from .schema import WRITE_TOKEN_LENGTH, LatticeTables
+
+__all__ = [
+    "CLEAR_MARK",
+    "CONFLICT_RETRIES",
+    "Bound",
+    "backoff",
+    "finish",
+    "new_token",
+    "outlast_cancellation",
+    "read",
+    "retry_conflicts",
+    "run_write",
+    "shielded",
+    "tokens",
+]
+
+_T = TypeVar("_T")
+_UNSET: Any = object()
+
+#: How often a transaction the server rolled back (deadlock, lock timeout) is rerun.
+CONFLICT_RETRIES = 5
+#: The first character of a clear's write token. Other writes' tokens are
+#: random hex, so a put-back can tell from the ring whether a clear committed
+#: after the pop it undoes.
+CLEAR_MARK = "x"
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before conflict retry number ``attempt`` (1, 2, ...)."""
+    return 0.005 * attempt
+
+
+def new_token(*, clearing: bool = False) -> str:
+    """A fresh write token: random hex, like a uuid4's, without building a UUID."""
+    token = os.urandom(WRITE_TOKEN_LENGTH // 2).hex()
+    return CLEAR_MARK + token[1:] if clearing else token
+
+
+def tokens(ring: str | None) -> list[str]:
+    """The write tokens of a ``write_tokens`` ring, newest first."""
+    ring, width = ring or "", WRITE_TOKEN_LENGTH
+    return [ring[i : i + width] for i in range(0, len(ring), width)]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A session's engine as it runs: the engine, its state, driver and operations."""
+
+    engine: AsyncEngine
+    state: EngineState
+    driver: Driver
+    ops: Operations
+    tables: LatticeTables
+
+
+# -- cancellation ------------------------------------------------------------------
+
+
+async def outlast_cancellation(task: asyncio.Future[Any]) -> None:
+    """Wait until ``task`` is done, whatever cancellations of the waiter arrive meanwhile.
+
+    The cancellation is re-raised by the caller afterwards.
+    """
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            continue
+
+
+async def finish(task: asyncio.Future[_T]) -> _T:
+    """Wait for ``task`` to end, whatever cancellations arrive meanwhile; its result."""
+    await outlast_cancellation(task)
+    return task.result()
+
+
+async def shielded(
+    operation: Callable[[], Awaitable[_T]],
+    undo: Callable[[Any], Awaitable[None]] | None = None,
+) -> _T:
+    """Run a write so that cancelling the caller cannot leave it half done.
+
+    The write runs in its own task. If the caller is cancelled, the write
+    still runs to its end; then ``undo`` reverses a result the caller will
+    never see (a popped item goes back), and the cancellation goes on.
+    """
+    task = asyncio.ensure_future(operation())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        try:
+            result = await finish(task)
+        except Exception:
+            raise asyncio.CancelledError() from None
+        if undo is not None and result is not None:
+            await finish(asyncio.ensure_future(undo(result)))
+        raise
+
+
+# -- retries -------------------------------------------------------------------------
+
+
+async def retry_conflicts(
+    attempt: Callable[[], Awaitable[_T]], *, also: Callable[[DBAPIError], bool] | None = None
+) -> _T:
+    """Run ``attempt()`` again when the server rolled its transaction back.
+
+    ``also`` widens what counts as a conflict (the store retries a concurrent
+    creation of the same row, an ``IntegrityError``).
+    """
+    conflicts = 0
+    while True:
+        try:
+            return await attempt()
+        except DBAPIError as exc:
+            conflict = is_transient_conflict(exc) or (also is not None and also(exc))
+            if not conflict or conflicts >= CONFLICT_RETRIES:
+                raise
+            conflicts += 1
+            await asyncio.sleep(backoff(conflicts))
+
+
+async def read(bound: Bound, body: Callable[[Runner], Awaitable[_T]]) -> _T:
+    """Run a read, once more if its pooled connection had died while idle."""
+    state = bound.state
+    for attempt in (1, 2):
+        try:
+            async with (
+                state.exclusive(),
+                bound.driver.reading(bound.engine, state, bound.tables) as run,
+            ):
+                return await body(run)
+        except DBAPIError as exc:
+            # A connection that died while idle in the pool (server restart):
+            # the pool is already invalidated, so one more try reconnects.
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def run_write(
+    bound: Bound,
+    session_id: str,
+    body: Callable[[Runner, str], Awaitable[_T]],
+    *,
+    autocommit: bool = False,
+    clearing: bool = False,
+) -> _T:
+    """Run ``body`` in one transaction, surviving conflicts and lost connections.
+
+    ``body`` gets the connection and this attempt's write token, which its
+    first statement records on the session row (``clearing``: a clear's
+    token, marked as such). With ``autocommit`` (a driver's one-statement
+    append) ``body`` runs one statement that commits by itself, so a
+    connection lost once it was sent is treated as a lost COMMIT reply.
+
+    * A deadlock or lock timeout rolled back by the server: run again.
+    * The connection lost before COMMIT was sent: nothing committed, run again once.
+    * The connection lost after COMMIT was sent: ask the database, under the
+      session's row lock, whether this attempt's token committed. If so, the
+      write is done; if not, run again once; if the database cannot be
+      asked, raise :class:`WriteOutcomeUnknownError`.
+    """
+    state = bound.state
+    lost_connection_retries = 1
+    conflicts = 0
+    while True:
+        token = new_token(clearing=clearing)
+        result: Any = _UNSET
+        attempt: Runner | None = None
+        try:
+            async with (
+                state.exclusive(),
+                state.writer(),
+                bound.driver.transaction(bound.engine, state, bound.tables, autocommit) as attempt,
+            ):
+                result = await body(attempt, token)
+            return result  # type: ignore[no-any-return]
+        except DBAPIError as exc:
+            if is_transient_conflict(exc) and conflicts < CONFLICT_RETRIES:
+                conflicts += 1
+                await asyncio.sleep(backoff(conflicts))
+                continue
+            if not exc.connection_invalidated:
+                raise
+            if result is _UNSET and attempt is not None and attempt.if_committed is not None:
+                # The body's last statement carried the COMMIT.
+                result = attempt.if_committed
+            if result is not _UNSET or (attempt is not None and attempt.maybe_committed):
+                try:
+                    committed = await token_committed(bound, session_id, token)
+                except Exception as check_exc:
+                    # Any failure to ask, not only DBAPIError: a server that
+                    # refuses connections makes asyncpg raise a bare
+                    # ConnectionResetError/OSError, and a popped item must
+                    # still reach its caller (tests/test_faults.py).
+                    raise WriteOutcomeUnknownError(
+                        f"the connection was lost while committing a write to session "
+                        f"{session_id!r}, and the database could not be asked "
+                        "whether it committed",
+                        result=None if result is _UNSET else result,
+                    ) from check_exc
+                if committed:
+                    return result  # type: ignore[no-any-return]
+            if lost_connection_retries == 0:
+                raise
+            lost_connection_retries -= 1
+
+
+async def token_committed(bound: Bound, session_id: str, token: str) -> bool:
+    """Whether the write that carried ``token`` committed (read under the row lock).
+
+    FOR UPDATE waits for a transaction still holding the row (one whose
+    client vanished but whose server side is finishing), so the answer is
+    final, not a race.
+    """
+    async with (
+        bound.state.exclusive(),
+        bound.driver.transaction(bound.engine, bound.state, bound.tables) as run,
+    ):
+        ring = await bound.ops.read_tokens(run, session_id)
+    return token in tokens(ring)
