@@ -123,8 +123,8 @@ async def assert_no_checked_out(engine: AsyncEngine) -> None:
     pool = engine.sync_engine.pool
     counter = getattr(pool, "checkedout", None)
     if counter is None:  # StaticPool: one connection, guarded by Lattice's lock
-        locks = engine_state(engine)._use_locks or {}
-        assert not any(lock.locked() for lock in locks.values()), "connection left in use"
+        lock = engine_state(engine)._use_lock
+        assert lock is None or not lock.locked(), "connection left in use"
         return
     assert counter() == 0, f"{counter()} pooled connection(s) left checked out"
 

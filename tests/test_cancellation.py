@@ -115,7 +115,8 @@ async def test_a_put_back_does_not_undo_a_later_clear_or_delete(
     at_commit = Pause(engine)
     sessions_name = tables.sessions.name
     at_put_back = Pause(
-        engine, lambda sql: sql.lstrip().upper().startswith("INSERT") and sessions_name in sql
+        engine,
+        lambda sql: sql.lstrip().upper().startswith("INSERT") and f"{sessions_name} (" in sql,
     )
     try:
         pop = asyncio.ensure_future(session.pop_item())

@@ -1,4 +1,4 @@
-"""Every private third-party name ``lattice.drivers._compat`` relies on still exists and behaves.
+"""Every private third-party name ``lattice._compat`` relies on still exists and behaves.
 
 An upgrade of SQLAlchemy, aiosqlite or Alembic that removes or changes one
 fails here, by name, rather than somewhere in a session's write path.
@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import _ConnectionFairy
 
-from lattice.drivers import _compat
+from lattice import _compat
 from lattice.engines import make_engine
 
 

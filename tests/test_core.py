@@ -245,7 +245,7 @@ async def test_create_tables_runs_once_per_engine(backend: str, tmp_path: Path) 
         ]
         await asyncio.gather(*(s.add_items([{"i": i}]) for i, s in enumerate(sessions)))
         creates = [s for s in statements if s.startswith("CREATE TABLE")]
-        assert len(creates) == 2, creates
+        assert len(creates) == len(sessions[0].tables.metadata.tables), creates
         statements.clear()
         await SQLAlchemySession("later", engine=engine, create_tables=True, **kw).add_items(
             [{"x": 1}]

@@ -50,7 +50,15 @@ __all__ = [
 
 VERSION_TABLE = "lattice_alembic_version"
 URL_ENV_VAR = "LATTICE_DATABASE_URL"
-LATTICE_TABLES = frozenset({schema.DEFAULT_SESSIONS_TABLE, schema.DEFAULT_MESSAGES_TABLE})
+LATTICE_TABLES = frozenset(
+    {
+        schema.DEFAULT_SESSIONS_TABLE,
+        schema.DEFAULT_MESSAGES_TABLE,
+        schema.journal_table_name(schema.DEFAULT_SESSIONS_TABLE),
+    }
+)
+#: The tables that, with no version table, say which revision a database is at.
+_CORE_TABLES = (schema.DEFAULT_SESSIONS_TABLE, schema.DEFAULT_MESSAGES_TABLE)
 
 # pg_advisory_lock key: the bytes of "lattice\0" read as a big-endian int64.
 # Advisory locks are per database, so migrations of two databases never wait
@@ -220,6 +228,19 @@ def _exclusive(connection: Connection, *, external: bool) -> Iterator[None]:
             connection.commit()
 
 
+def _only_the_journal_is_missing(diff: list[Any]) -> bool:
+    """True when autogenerate's differences are just the journal table to add."""
+    journal = schema.journal_table_name(schema.DEFAULT_SESSIONS_TABLE)
+    for change in diff:
+        op = change[0] if isinstance(change, tuple) else None
+        if op == "add_table" and change[1].name == journal:
+            continue
+        if op == "add_index" and change[1].table.name == journal:
+            continue
+        return False
+    return True
+
+
 def _adopt_existing_tables(context: EnvironmentContext, connection: Connection) -> None:
     """Stamp tables made without migrations with the revision they are at.
 
@@ -232,7 +253,7 @@ def _adopt_existing_tables(context: EnvironmentContext, connection: Connection) 
     if migration.get_current_heads():
         return
     inspector = inspect(connection)
-    present = sorted(name for name in LATTICE_TABLES if inspector.has_table(name))
+    present = sorted(name for name in _CORE_TABLES if inspector.has_table(name))
     if not present:
         return
     script = context.script
@@ -245,9 +266,13 @@ def _adopt_existing_tables(context: EnvironmentContext, connection: Connection) 
     if "item_count" not in columns:
         revision = script.get_base() or "base"
         what = "the OpenAI Agents SDK's tables"
-    elif not compare_metadata(migration, schema.metadata):
+    elif not (diff := compare_metadata(migration, schema.metadata)):
         revision = "heads"
         what = "tables made by create_tables=True"
+    elif _only_the_journal_is_missing(diff):
+        # create_tables=True before the write journal (revision 0004) existed.
+        revision = "0003"
+        what = "tables made by create_tables=True before the write journal"
     else:
         raise MigrationError(
             f"the tables {', '.join(present)} exist, but match no Lattice revision and "

@@ -16,9 +16,11 @@ The write path, and why it is safe under concurrency:
   same. An upsert (``ON CONFLICT`` / ``ON DUPLICATE KEY``) rather than
   check-then-insert means no failed statement on the common path and none of
   the gap-lock deadlocks MySQL gives check-then-insert.
-* The same statement pushes the write's token onto ``write_tokens``; after a
-  lost COMMIT reply the session reads the tokens back (under the row lock)
-  to learn whether its transaction committed.
+* The same transaction writes a row of the write journal (``journal_write``)
+  under that lock; after a lost COMMIT reply the session asks the journal
+  (under the row lock) whether its transaction committed. The token is also
+  pushed onto ``write_tokens``, whose newest token tells asyncpg's
+  one-statement pop whether its snapshot is current.
 """
 
 from __future__ import annotations
@@ -28,12 +30,31 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Delete, Dialect, Insert, Select, Update, bindparam, delete, select, update
+from sqlalchemy import (
+    Delete,
+    Dialect,
+    Insert,
+    Select,
+    Update,
+    bindparam,
+    delete,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ColumnElement, func
 
-from .schema import WRITE_TOKEN_LENGTH, WRITE_TOKENS_KEPT, LatticeTables, is_mysql
+from .schema import (
+    JOURNAL_CLEAR,
+    JOURNAL_DELETE,
+    WRITE_TOKEN_LENGTH,
+    WRITE_TOKENS_KEPT,
+    EpochMillis,
+    LatticeTables,
+    is_mysql,
+)
 
 __all__ = [
     "Rules",
@@ -58,12 +79,18 @@ class Rules:
             (:func:`check_packet`), never truncated by the server.
         prefix_in_bytes: ``substr()`` on a session id counts bytes, not
             characters (MySQL, where ids are binary strings).
+        connection_charset: The character set every connection must use, or
+            ``None``. On MySQL, utf8mb4: the drivers escape values for the
+            server, and under a multi-byte charset such as gbk or sjis an
+            escaping backslash can become part of a character (the classic
+            injection), so another charset is refused before any statement.
         export_isolation: The isolation level that gives an export one
             snapshot across its statements, or ``None`` where the driver cannot
             hold one (SQLite reads each chunk at the latest commit).
     """
 
     name = "generic"
+    connection_charset: str | None = None
     packet_limited = False
     prefix_in_bytes = False
     export_isolation: str | None = "REPEATABLE READ"
@@ -87,6 +114,7 @@ class _PostgreSQLRules(Rules):
 
 class _MySQLRules(Rules):
     name = "mysql"
+    connection_charset = "utf8mb4"
     packet_limited = True
     prefix_in_bytes = True
 
@@ -164,6 +192,10 @@ class Statements:
     delete_by_id: Delete
     delete_all: Delete
     read_tokens: Select[Any]
+    journal_write: Insert
+    journal_seq: Select[Any]
+    journal_erased_since: Select[Any]
+    journal_prune: Delete
 
 
 def _pushed_tokens(current: ColumnElement[str]) -> ColumnElement[str]:
@@ -204,7 +236,7 @@ def _upsert_session(tables: LatticeTables, dialect: Dialect) -> Insert:
 
 @lru_cache(maxsize=64)
 def _statements(tables: LatticeTables, dialect_name: str, dialect: Dialect) -> Statements:
-    s, m = tables.sessions, tables.messages
+    s, m, j = tables.sessions, tables.messages, tables.journal
     this_session = s.c.session_id == bindparam("sid")
     its_messages = m.c.session_id == bindparam("sid")
     newest_id = (
@@ -264,6 +296,26 @@ def _statements(tables: LatticeTables, dialect_name: str, dialect: Dialect) -> S
         delete_by_id=delete(m).where(m.c.id == bindparam("mid")),
         delete_all=delete(m).where(its_messages),
         read_tokens=select(s.c.write_tokens).where(this_session).with_for_update(),
+        journal_write=j.insert().values(
+            token=bindparam("token"),
+            session_id=bindparam("sid"),
+            kind=bindparam("kind"),
+            at_ms=EpochMillis(),
+        ),
+        journal_seq=select(j.c.seq).where(j.c.token == bindparam("token")),
+        # A clear or a delete of the session after the write numbered ``seq``.
+        journal_erased_since=(
+            select(j.c.seq)
+            .where(
+                j.c.session_id == bindparam("sid"),
+                j.c.seq > bindparam("seq", type_=j.c.seq.type),
+                or_(j.c.kind == JOURNAL_CLEAR, j.c.kind == JOURNAL_DELETE),
+            )
+            .limit(1)
+        ),
+        journal_prune=delete(j).where(
+            j.c.at_ms < EpochMillis() - bindparam("window_ms", type_=j.c.at_ms.type)
+        ),
     )
 
 

@@ -8,15 +8,16 @@ Who owns what:
   session and store of the process that asks for the same URL and engine
   options on the same event loop, so a thousand sessions use one pool.
   ``await lattice.dispose_engines()`` closes them at shutdown; a loop that
-  ends drops its engines with it.
+  shuts down (``asyncio.run``) disposes its engines itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,12 +30,16 @@ from sqlalchemy.exc import (
     OperationalError,
     ProgrammingError,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
+
+from . import _compat
+from .dialects import rules
 
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "check_engine",
+    "check_ready",
     "dispose_engines",
     "engine_state",
     "ensure_tables",
@@ -42,6 +47,7 @@ __all__ = [
     "normalize_url",
     "shared_engine",
     "shared_engine_key",
+    "transaction",
 ]
 
 #: How long a SQLite connection waits for another writer before "database is locked".
@@ -176,13 +182,50 @@ def _options_key(engine_kwargs: dict[str, Any]) -> str:
     return repr(sorted(engine_kwargs.items(), key=lambda kv: kv[0]))
 
 
-# loop -> {(url, options): engine}. A loop that goes away takes its engines along.
+# loop -> {(url, options): engine}. The engines of a loop are disposed when the
+# loop shuts down (asyncio.run and asyncio.Runner finalise async generators
+# first: see _watch_loop), and the loop's entry goes with them. Without that
+# the entry would live for ever: its engines' connections refer to the loop,
+# which keeps the weak key alive (20 asyncio.run() calls left 20 open server
+# connections, or 30 aiosqlite threads; tests/test_hostile_edges.py).
 _EngineMap = dict[tuple[str, str], AsyncEngine]
 _SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _EngineMap] = (
     weakref.WeakKeyDictionary()
 )
+# The watcher of each loop, held here (the loop holds async generators weakly).
+_WATCHERS: dict[int, Any] = {}
 # Engines made while no loop runs (a session built in synchronous code, used later).
 _LOOPLESS: _EngineMap = {}
+
+
+async def _loop_watcher(loop: asyncio.AbstractEventLoop) -> AsyncIterator[None]:
+    """An async generator suspended for the loop's life; its ``finally`` disposes the engines."""
+    try:
+        yield
+    finally:
+        _WATCHERS.pop(id(loop), None)
+        engines = _SHARED.pop(loop, {})
+        for engine in engines.values():
+            await engine.dispose()
+
+
+def _watch_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Dispose of ``loop``'s shared engines when it shuts down.
+
+    The loop finalises the async generators it has seen start
+    (``loop.shutdown_asyncgens()``, which ``asyncio.run`` and
+    ``asyncio.Runner`` call before closing), so a generator started on it and
+    left suspended is the public way to run code at its shutdown.
+    """
+    if id(loop) in _WATCHERS:
+        return
+    watcher = _loop_watcher(loop)
+    _WATCHERS[id(loop)] = watcher
+
+    async def start() -> None:
+        await watcher.__anext__()
+
+    loop.create_task(start())
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -217,7 +260,11 @@ def shared_engine(
             return make_engine(parsed, **kwargs)
         key = shared_engine_key(parsed, kwargs)
     loop = _running_loop()
-    engines = _LOOPLESS if loop is None else _SHARED.setdefault(loop, {})
+    engines = _LOOPLESS if loop is None else _SHARED.get(loop)
+    if engines is None:
+        assert loop is not None
+        engines = _SHARED[loop] = {}
+        _watch_loop(loop)
     engine = engines.get(key)
     if engine is None:
         engine = engines[key] = make_engine(normalize_url(url), **kwargs)
@@ -227,14 +274,22 @@ def shared_engine(
 async def dispose_engines() -> None:
     """Dispose of every engine Lattice shared from a URL on this event loop.
 
-    Engines passed in by the application are never touched. Call it at
-    shutdown, from the loop that used the sessions.
+    Engines passed in by the application are never touched. A loop's shared
+    engines are also disposed when the loop shuts down through
+    ``asyncio.run`` or ``asyncio.Runner``, so a script that forgets this call
+    leaks nothing; calling it is still the way to close them earlier, or on
+    a loop you close yourself.
     """
     loop = _running_loop()
     engines = list(_LOOPLESS.values())
     _LOOPLESS.clear()
     if loop is not None:
         engines += list(_SHARED.pop(loop, {}).values())
+    for other in list(_SHARED):
+        if other.is_closed():
+            # A loop closed without finalising its async generators: its
+            # engines cannot be awaited any more; let them go to the collector.
+            _SHARED.pop(other, None)
     for engine in engines:
         await engine.dispose()
 
@@ -271,6 +326,44 @@ class _LoopLocks:
         return list(self._locks.values())
 
 
+class _CrossLoopLock:
+    """A lock that serialises its holders across event loops and threads.
+
+    An asyncio lock belongs to one loop; an in-memory SQLite engine's one
+    connection may be used from several (one object used by two threads,
+    each with its own loop). Within a loop, callers queue on that loop's
+    asyncio lock (fair, no polling); across loops, the holder of each loop's
+    turn takes a thread lock, waiting in short sleeps in the rare case that
+    another loop holds it.
+    """
+
+    __slots__ = ("_loops", "_thread_lock")
+
+    def __init__(self) -> None:
+        self._loops = _LoopLocks()
+        self._thread_lock = threading.Lock()
+
+    async def __aenter__(self) -> None:
+        turn = self._loops.get()
+        await turn.acquire()
+        try:
+            # A thread lock cannot be awaited, and an asyncio.Event belongs to one
+            # loop: a short sleep is the only portable wait (and rarely taken).
+            while not self._thread_lock.acquire(blocking=False):  # noqa: ASYNC110
+                await asyncio.sleep(0.0005)
+        except BaseException:
+            turn.release()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._thread_lock.release()
+        self._loops.get().release()
+
+    def locked(self) -> bool:
+        """True while some caller holds it."""
+        return self._thread_lock.locked()
+
+
 class _NoLock:
     """``async with`` that does nothing (an engine that needs no lock)."""
 
@@ -289,6 +382,10 @@ class EngineState:
     """What Lattice remembers about one engine: created tables, locks, read mode."""
 
     created: set[Any] = field(default_factory=set)
+    #: The engine passed :func:`check_ready`.
+    ready: bool = False
+    #: Writes committed through Lattice on this engine (when to prune the journal).
+    writes: int = 0
     max_packet: int | None = None
     #: Run sessions' statements on the driver connection (:mod:`lattice.drivers`)
     #: when the driver has a fast path; False keeps them on SQLAlchemy's execution.
@@ -301,7 +398,7 @@ class EngineState:
     trace: Callable[[str, str | None, dict[Any, Any]], Awaitable[None]] | None = None
     # One lock per loop: asyncio locks belong to the loop they first wait on.
     _create_locks: _LoopLocks = field(default_factory=_LoopLocks)
-    _use_locks: _LoopLocks | None = None
+    _use_lock: _CrossLoopLock | None = None
     _write_locks: _LoopLocks | None = None
 
     def create_lock(self) -> asyncio.Lock:
@@ -311,9 +408,9 @@ class EngineState:
         """Serialise use of an engine that has one shared connection (``StaticPool``)."""
         # A plain object, not a generator-based context manager: it is entered
         # on every call, and costs nothing when there is no lock.
-        if self._use_locks is None:
+        if self._use_lock is None:
             return _NO_LOCK
-        return self._use_locks.get()
+        return self._use_lock
 
     def writer(self) -> AbstractAsyncContextManager[Any]:
         """Serialise this process's write transactions on a SQLite file.
@@ -344,7 +441,7 @@ def engine_state(engine: AsyncEngine) -> EngineState:
         if isinstance(sync_engine.pool, StaticPool):
             # One DBAPI connection shared by every checkout: transactions of
             # concurrent calls would interleave on it, so they take turns.
-            state._use_locks = _LoopLocks()
+            state._use_lock = _CrossLoopLock()
         elif sync_engine.dialect.name == "sqlite":
             state._write_locks = _LoopLocks()
         _STATE[sync_engine] = state
@@ -368,3 +465,50 @@ async def ensure_tables(engine: AsyncEngine, state: EngineState, tables: Any) ->
                 async with engine.begin() as conn:
                     await conn.run_sync(tables.metadata.create_all)
         state.created.add(tables)
+
+
+@asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection in a real transaction, whatever the engine's isolation level.
+
+    ``engine.begin()`` on an engine in AUTOCOMMIT opens no transaction on the
+    server: every statement would commit on its own, and the row locks that
+    keep batches whole and pops exactly-once would last one statement. So
+    such a connection is switched to the database's default level for this
+    checkout (SQLAlchemy puts it back when the connection returns to the pool).
+    """
+    async with engine.connect() as conn:
+        if _compat.engine_autocommits(engine):
+            await conn.execution_options(isolation_level=engine.dialect.default_isolation_level)
+        async with conn.begin():
+            yield conn
+
+
+async def check_ready(engine: AsyncEngine, state: EngineState) -> None:
+    """Refuse, once per engine, a connection setup Lattice cannot be safe on.
+
+    MySQL: the connection's character set must be utf8mb4 (see
+    :attr:`lattice.dialects.Rules.connection_charset`).
+
+    Raises:
+        ValueError: naming the setting and what to write instead.
+    """
+    if state.ready:
+        return
+    required = rules(engine.dialect).connection_charset
+    if required is not None:
+        async with state.exclusive(), engine.connect() as conn:
+            row = (
+                await conn.exec_driver_sql(
+                    "SELECT @@character_set_client, @@character_set_connection, "
+                    "@@character_set_results"
+                )
+            ).one()
+        wrong = [value for value in row if value != required]
+        if wrong:
+            raise ValueError(
+                f"this MySQL engine's connections use charset {wrong[0]!r}; Lattice needs "
+                f"charset={required} (add ?charset={required} to the URL, or remove the "
+                "charset option): under other charsets escaped values are not safe"
+            )
+    state.ready = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["LatticeError", "WriteOutcomeUnknownError"]
+__all__ = ["LatticeError", "PutBackFailedError", "WriteOutcomeUnknownError"]
 
 
 class LatticeError(Exception):
@@ -22,3 +22,21 @@ class WriteOutcomeUnknownError(LatticeError):
     def __init__(self, message: str, *, result: Any = None) -> None:
         super().__init__(message)
         self.result = result
+
+
+class PutBackFailedError(LatticeError):
+    """A cancelled ``pop_item`` removed its item, and putting it back failed.
+
+    Raised instead of the cancellation, so the item is not lost: ``item``
+    (also ``result``) holds it. The cause (a lock timeout, a lost connection,
+    a put-back that could no longer prove the session unchanged) is chained.
+    """
+
+    def __init__(self, message: str, *, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+    @property
+    def item(self) -> Any:
+        """The popped item (the same object as ``result``)."""
+        return self.result

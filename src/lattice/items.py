@@ -179,8 +179,7 @@ def check_session_id(session_id: Any, what: str = "session_id") -> str:
         raise TypeError(f"{what} must be a str, not {type(session_id).__name__}")
     if not 1 <= len(session_id) <= MAX_SESSION_ID_LENGTH:
         raise ValueError(
-            f"{what} must be 1 to {MAX_SESSION_ID_LENGTH} characters long, "
-            f"not {len(session_id)}"
+            f"{what} must be 1 to {MAX_SESSION_ID_LENGTH} characters long, not {len(session_id)}"
         )
     if "\x00" in session_id:
         raise ValueError(f"{what} must not contain a NUL character")

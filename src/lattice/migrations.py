@@ -40,6 +40,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from . import _compat
 from ._migration_env import (
     ATTR_ADOPT,
     ATTR_CONNECTION,
@@ -49,7 +50,6 @@ from ._migration_env import (
     VERSION_TABLE,
     MigrationError,
 )
-from .drivers import _compat
 from .engines import make_engine, normalize_url
 
 __all__ = [

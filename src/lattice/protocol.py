@@ -13,7 +13,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Session", "SessionABC", "SessionSettings", "coerce_settings", "resolve_limit"]
+__all__ = [
+    "MAX_LIMIT",
+    "Session",
+    "SessionABC",
+    "SessionSettings",
+    "coerce_settings",
+    "resolve_limit",
+]
+
+#: Larger ``get_items`` limits mean the whole history.
+MAX_LIMIT = 2**62
 
 
 @dataclasses.dataclass
@@ -64,8 +74,7 @@ def _settings_fields(value: Any) -> dict[str, Any]:
     if all(hasattr(value, name) for name in names):
         return {name: getattr(value, name) for name in names}
     raise TypeError(
-        "session settings must be a SessionSettings, a dict or None, "
-        f"not {type(value).__name__}"
+        f"session settings must be a SessionSettings, a dict or None, not {type(value).__name__}"
     )
 
 
@@ -81,6 +90,10 @@ def resolve_limit(explicit: int | None, settings: SessionSettings | None) -> int
     limit = explicit if explicit is not None else (settings.limit if settings else None)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
         raise TypeError(f"limit must be an int or None, not {type(limit).__name__}")
+    if limit is not None and limit > MAX_LIMIT:
+        # More than any session can hold, and more than a database's LIMIT
+        # takes (a 64-bit integer): the whole history.
+        return None
     return limit
 
 

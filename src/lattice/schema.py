@@ -26,6 +26,7 @@ adopted in place):
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -56,16 +57,22 @@ from .items import MAX_SESSION_ID_LENGTH
 __all__ = [
     "DEFAULT_MESSAGES_TABLE",
     "DEFAULT_SESSIONS_TABLE",
+    "JOURNAL_CLEAR",
+    "JOURNAL_DELETE",
+    "JOURNAL_WRITE",
     "MAX_SESSION_ID_LENGTH",
     "METADATA_MAX_BYTES",
     "WRITE_TOKENS_KEPT",
     "WRITE_TOKEN_LENGTH",
+    "EpochMillis",
     "LatticeTables",
     "SessionId",
     "UtcDateTime",
     "is_mysql",
+    "journal_table_name",
     "lattice_tables",
     "metadata",
+    "object_name",
     "utc_now",
 ]
 
@@ -90,6 +97,13 @@ def is_mysql(dialect: Dialect) -> bool:
     return dialect.name in _MYSQL
 
 
+class _VarBinaryText(mysql.VARBINARY):
+    """MySQL's ``VARBINARY`` that binds a Python ``str`` as it is (see :class:`SessionId`)."""
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
+
+
 class SessionId(TypeDecorator[str]):
     """A session id of up to 255 characters, compared byte for byte everywhere.
 
@@ -105,13 +119,16 @@ class SessionId(TypeDecorator[str]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if is_mysql(dialect):
-            return dialect.type_descriptor(mysql.VARBINARY(4 * MAX_SESSION_ID_LENGTH))
+            return dialect.type_descriptor(_VarBinaryText(4 * MAX_SESSION_ID_LENGTH))
         return dialect.type_descriptor(String(MAX_SESSION_ID_LENGTH))
 
-    def process_bind_param(self, value: str | None, dialect: Dialect) -> Any:
-        if value is not None and is_mysql(dialect):
-            return value.encode("utf-8")
-        return value
+    # Bound as text on every database, MySQL included: the server stores a
+    # utf8mb4 string in a VARBINARY column as its UTF-8 bytes and compares
+    # binary against text byte for byte. Not as bytes: the MySQL drivers
+    # (aiomysql, asyncmy) escape a bytes value with backslashes whatever the
+    # session's sql_mode, so under NO_BACKSLASH_ESCAPES an id like
+    # "' OR 1=1 -- " would end its literal early; their text escaping follows
+    # the server's flag (tests/test_hostile_conditions.py).
 
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
         if isinstance(value, (bytes, bytearray, memoryview)):
@@ -169,6 +186,34 @@ def _current_timestamp_mysql(element: CurrentTimestamp, compiler: SQLCompiler, *
     return "CURRENT_TIMESTAMP(6)"
 
 
+class EpochMillis(FunctionElement[int]):
+    """The database server's clock as milliseconds since 1970 (the journal's time).
+
+    The server's clock, not the application's: every process prunes the
+    write journal by the same clock, whatever their own clocks say.
+    """
+
+    type = BigInteger()
+    inherit_cache = True
+    name = "epoch_millis"
+
+
+@compiles(EpochMillis, "sqlite")
+def _epoch_millis_sqlite(element: EpochMillis, compiler: SQLCompiler, **kw: Any) -> str:
+    return "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+
+
+@compiles(EpochMillis, "postgresql")
+def _epoch_millis_postgresql(element: EpochMillis, compiler: SQLCompiler, **kw: Any) -> str:
+    return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+
+
+@compiles(EpochMillis, "mysql")
+@compiles(EpochMillis, "mariadb")
+def _epoch_millis_mysql(element: EpochMillis, compiler: SQLCompiler, **kw: Any) -> str:
+    return "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)"
+
+
 def utc_now() -> dt.datetime:
     """The current time as an aware UTC datetime (what Lattice writes)."""
     return dt.datetime.now(dt.timezone.utc)
@@ -188,11 +233,40 @@ _MYSQL_TABLE_OPTIONS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class LatticeTables:
-    """The two tables of one naming, on their own ``MetaData``."""
+    """The tables of one naming, on their own ``MetaData``."""
 
     metadata: MetaData
     sessions: Table
     messages: Table
+    journal: Table
+
+
+#: The kinds of write the journal records.
+JOURNAL_WRITE = "w"
+JOURNAL_CLEAR = "c"
+JOURNAL_DELETE = "d"
+
+# PostgreSQL's identifiers stop at 63 bytes, MySQL's at 64.
+_MAX_NAME = 63
+
+
+def object_name(prefix: str, table: str, suffix: str) -> str:
+    """An index or constraint name ``prefix_table_suffix`` that fits every database.
+
+    Names that fit are the plain ones (so existing databases keep theirs); a
+    longer one keeps its start and ends with a hash of the whole, so two long
+    table names never share an index name.
+    """
+    name = f"{prefix}_{table}_{suffix}"
+    if len(name) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:10]
+    return f"{name[: _MAX_NAME - 11]}_{digest}"
+
+
+def journal_table_name(sessions_table: str) -> str:
+    """The write journal's table for ``sessions_table`` (``agent_sessions_journal``)."""
+    return f"{sessions_table}_journal"
 
 
 def _check_table_name(name: str, what: str) -> None:
@@ -211,8 +285,8 @@ def lattice_tables(
     """Return the tables for the given names (built once per pair of names)."""
     _check_table_name(sessions_table, "sessions_table")
     _check_table_name(messages_table, "messages_table")
-    if sessions_table == messages_table:
-        raise ValueError("sessions_table and messages_table must differ")
+    if messages_table in (sessions_table, journal_table_name(sessions_table)):
+        raise ValueError("sessions_table, messages_table and the journal table must differ")
     meta = MetaData()
     sessions = Table(
         sessions_table,
@@ -234,8 +308,8 @@ def lattice_tables(
         Column("owner", SessionId(), nullable=True),
         # Newest activity first, with the id as tie-breaker: the keyset of
         # SessionStore.list_sessions and the range purge() deletes by.
-        Index(f"ix_{sessions_table}_updated_at", "updated_at", "session_id"),
-        Index(f"ix_{sessions_table}_owner", "owner", "updated_at", "session_id"),
+        Index(object_name("ix", sessions_table, "updated_at"), "updated_at", "session_id"),
+        Index(object_name("ix", sessions_table, "owner"), "owner", "updated_at", "session_id"),
         **_MYSQL_TABLE_OPTIONS,
     )
     messages = Table(
@@ -248,17 +322,37 @@ def lattice_tables(
             ForeignKey(
                 f"{sessions_table}.session_id",
                 ondelete="CASCADE",
-                name=f"fk_{messages_table}_session_id",
+                name=object_name("fk", messages_table, "session_id"),
             ),
             nullable=False,
         ),
         Column("message_data", _PAYLOAD, nullable=False),
         Column("created_at", UtcDateTime(), nullable=False, server_default=CurrentTimestamp()),
-        Index(f"ix_{messages_table}_session_id_id", "session_id", "id"),
+        Index(object_name("ix", messages_table, "session_id_id"), "session_id", "id"),
         sqlite_autoincrement=True,
         **_MYSQL_TABLE_OPTIONS,
     )
-    return LatticeTables(meta, sessions, messages)
+    journal_name = journal_table_name(sessions_table)
+    # The write journal: one row per committed write of a session, written in
+    # the write's own transaction, kept for lattice.writes.JOURNAL_WINDOW_S
+    # (pruned by the server's clock). It answers exactly whether a write
+    # whose COMMIT reply was lost committed, and whether a session was
+    # cleared or deleted after a pop (see lattice.writes). ``seq`` orders the
+    # rows of one session as their writes held its row lock.
+    journal = Table(
+        journal_name,
+        meta,
+        Column("seq", _ORDER_KEY, primary_key=True, autoincrement=True),
+        Column("token", String(WRITE_TOKEN_LENGTH), nullable=False),
+        Column("session_id", SessionId(), nullable=False),
+        Column("kind", String(1), nullable=False),
+        Column("at_ms", BigInteger(), nullable=False),
+        Index(object_name("ix", journal_name, "token"), "token", unique=True),
+        Index(object_name("ix", journal_name, "session"), "session_id", "seq"),
+        Index(object_name("ix", journal_name, "at"), "at_ms"),
+        **_MYSQL_TABLE_OPTIONS,
+    )
+    return LatticeTables(meta, sessions, messages, journal)
 
 
 #: The default tables' ``MetaData``: what migrations and autogenerate compare against.

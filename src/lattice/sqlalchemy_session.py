@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import dialects, drivers, engines, writes
 from .drivers import Operations, Popped, Runner
-from .errors import WriteOutcomeUnknownError
+from .errors import PutBackFailedError, WriteOutcomeUnknownError
 from .items import DEFAULT_MAX_ITEM_BYTES, check_session_id, decode_item, encode_items
 from .protocol import SessionABC, SessionSettings, coerce_settings, resolve_limit
 from .schema import (
@@ -172,6 +172,8 @@ class SQLAlchemySession(SessionABC):
             or bound.driver is not drivers.driver_for(engine, bound.state)
         ):
             bound = self._bound = bind(engine, self._tables)
+        if not bound.state.ready:
+            await engines.check_ready(engine, bound.state)
         if self._create_tables and self._tables not in bound.state.created:
             await engines.ensure_tables(engine, bound.state, self._tables)
         return bound
@@ -233,7 +235,7 @@ class SQLAlchemySession(SessionABC):
             popped: Popped | None = await writes.shielded(
                 lambda: writes.run_write(bound, session_id, body), undo=self._put_back
             )
-        except WriteOutcomeUnknownError as exc:
+        except (WriteOutcomeUnknownError, PutBackFailedError) as exc:
             # Hand the caller the item itself, so it is not lost if the pop committed.
             if isinstance(exc.result, Popped):
                 exc.result = decode_item(exc.result.text)
@@ -245,27 +247,14 @@ class SQLAlchemySession(SessionABC):
 
         Unless the session was cleared or deleted after the pop committed: a
         ``clear_session`` that came later would have removed the item too, so
-        bringing it back would resurrect cleared history. The session row's
-        token ring tells: a clear's token newer than the pop's, or no row.
+        bringing it back would resurrect erased history. The write journal
+        tells, exactly (:meth:`lattice.drivers.Operations.put_back`).
         """
         bound = await self._bind()
         session_id = self.session_id
 
         async def body(run: Runner, token: str) -> None:
-            ring = await bound.ops.lock_for_put_back(run, session_id, token)
-            since = writes.tokens(ring)[1:]  # newest first, without this write's own
-            if popped.token in since:
-                since = since[: since.index(popped.token)]
-            elif not since:
-                # No row before the upsert made one: the session was deleted.
-                await run.rollback()
-                return
-            # (The pop's token gone from a non-empty ring: eight writes since,
-            # or a replaced session. Not knowing, the item goes back.)
-            if any(t.startswith(writes.CLEAR_MARK) for t in since):
-                await run.rollback()
-                return
-            await bound.ops.reinsert(run, session_id, popped)
+            await bound.ops.put_back(run, session_id, popped, token)
 
         await writes.run_write(bound, session_id, body)
 
@@ -277,4 +266,4 @@ class SQLAlchemySession(SessionABC):
         async def body(run: Runner, token: str) -> None:
             await bound.ops.clear(run, session_id, token)
 
-        await writes.shielded(lambda: writes.run_write(bound, session_id, body, clearing=True))
+        await writes.shielded(lambda: writes.run_write(bound, session_id, body))

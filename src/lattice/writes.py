@@ -12,15 +12,22 @@ One module so there is one answer to each of these questions:
   pause (:func:`backoff`).
 * **Lost connections.** Lost before COMMIT was sent: nothing committed, so
   it runs again once. Lost after: the database is asked, under the session's
-  row lock, whether this attempt's write token committed (:func:`run_write`);
-  if it cannot be asked, :class:`~lattice.errors.WriteOutcomeUnknownError`
-  carries what the write had produced.
+  row lock, whether this attempt's write token committed (:func:`run_write`).
+  The answer comes from the write journal, a row every write adds in its own
+  transaction and that is kept for :data:`JOURNAL_WINDOW_S`: however many
+  writes follow, the row is there until the window has passed, so the
+  answer is exact. Lattice trusts a missing row only within
+  :data:`JOURNAL_TRUST_S` of the write's start; past it, or when the
+  database cannot be asked, :class:`~lattice.errors.WriteOutcomeUnknownError`
+  carries what the write had produced rather than a guess.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,33 +38,39 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .dialects import is_transient_conflict
 from .drivers import Driver, Operations, Runner
 from .engines import EngineState
-from .errors import WriteOutcomeUnknownError
+from .errors import PutBackFailedError, WriteOutcomeUnknownError
 from .schema import WRITE_TOKEN_LENGTH, LatticeTables
 
 __all__ = [
-    "CLEAR_MARK",
     "CONFLICT_RETRIES",
+    "JOURNAL_TRUST_S",
+    "JOURNAL_WINDOW_S",
     "Bound",
     "backoff",
     "finish",
     "new_token",
     "outlast_cancellation",
+    "prune_journal",
     "read",
     "retry_conflicts",
     "run_write",
     "shielded",
-    "tokens",
 ]
 
 _T = TypeVar("_T")
 _UNSET: Any = object()
+_log = logging.getLogger("lattice.writes")
 
 #: How often a transaction the server rolled back (deadlock, lock timeout) is rerun.
 CONFLICT_RETRIES = 5
-#: The first character of a clear's write token. Other writes' tokens are
-#: random hex, so a put-back can tell from the ring whether a clear committed
-#: after the pop it undoes.
-CLEAR_MARK = "x"
+#: How long the write journal keeps a row (by the database server's clock).
+JOURNAL_WINDOW_S = 3600
+#: How long after a write began its outcome is answered from the journal. The
+#: margin to the window covers a long wait for the database and clocks of the
+#: database servers of one cluster that disagree.
+JOURNAL_TRUST_S = 600
+#: Every this many writes on an engine, one prunes the journal (the first one too).
+JOURNAL_PRUNE_EVERY = 512
 
 
 def backoff(attempt: int) -> float:
@@ -65,16 +78,9 @@ def backoff(attempt: int) -> float:
     return 0.005 * attempt
 
 
-def new_token(*, clearing: bool = False) -> str:
+def new_token() -> str:
     """A fresh write token: random hex, like a uuid4's, without building a UUID."""
-    token = os.urandom(WRITE_TOKEN_LENGTH // 2).hex()
-    return CLEAR_MARK + token[1:] if clearing else token
-
-
-def tokens(ring: str | None) -> list[str]:
-    """The write tokens of a ``write_tokens`` ring, newest first."""
-    ring, width = ring or "", WRITE_TOKEN_LENGTH
-    return [ring[i : i + width] for i in range(0, len(ring), width)]
+    return os.urandom(WRITE_TOKEN_LENGTH // 2).hex()
 
 
 @dataclass(frozen=True)
@@ -118,18 +124,32 @@ async def shielded(
     The write runs in its own task. If the caller is cancelled, the write
     still runs to its end; then ``undo`` reverses a result the caller will
     never see (a popped item goes back), and the cancellation goes on.
+
+    If that outcome cannot be delivered as a cancellation without losing
+    something, an error carrying it is raised instead: the write's own
+    :class:`WriteOutcomeUnknownError`, or :class:`PutBackFailedError` when
+    the undo failed (both hold the popped item in ``result``).
     """
     task = asyncio.ensure_future(operation())
     try:
         return await asyncio.shield(task)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as cancelled:
         try:
             result = await finish(task)
+        except WriteOutcomeUnknownError:
+            raise
         except Exception:
             raise asyncio.CancelledError() from None
         if undo is not None and result is not None:
-            await finish(asyncio.ensure_future(undo(result)))
-        raise
+            try:
+                await finish(asyncio.ensure_future(undo(result)))
+            except Exception as exc:
+                raise PutBackFailedError(
+                    "pop_item was cancelled after it removed its item, and putting the item "
+                    f"back failed ({type(exc).__name__}: {exc}); the item is in .item",
+                    result=result,
+                ) from exc
+        raise cancelled
 
 
 # -- retries -------------------------------------------------------------------------
@@ -179,15 +199,14 @@ async def run_write(
     body: Callable[[Runner, str], Awaitable[_T]],
     *,
     autocommit: bool = False,
-    clearing: bool = False,
 ) -> _T:
     """Run ``body`` in one transaction, surviving conflicts and lost connections.
 
-    ``body`` gets the connection and this attempt's write token, which its
-    first statement records on the session row (``clearing``: a clear's
-    token, marked as such). With ``autocommit`` (a driver's one-statement
-    append) ``body`` runs one statement that commits by itself, so a
-    connection lost once it was sent is treated as a lost COMMIT reply.
+    ``body`` gets the connection and this attempt's write token, which it
+    records on the session row and in the journal. With ``autocommit`` (a
+    driver's one-statement append) ``body`` runs one statement that commits
+    by itself, so a connection lost once it was sent is treated as a lost
+    COMMIT reply.
 
     * A deadlock or lock timeout rolled back by the server: run again.
     * The connection lost before COMMIT was sent: nothing committed, run again once.
@@ -200,7 +219,8 @@ async def run_write(
     lost_connection_retries = 1
     conflicts = 0
     while True:
-        token = new_token(clearing=clearing)
+        started = time.monotonic()
+        token = new_token()
         result: Any = _UNSET
         attempt: Runner | None = None
         try:
@@ -210,6 +230,7 @@ async def run_write(
                 bound.driver.transaction(bound.engine, state, bound.tables, autocommit) as attempt,
             ):
                 result = await body(attempt, token)
+            await _maybe_prune(bound)
             return result  # type: ignore[no-any-return]
         except DBAPIError as exc:
             if is_transient_conflict(exc) and conflicts < CONFLICT_RETRIES:
@@ -224,6 +245,11 @@ async def run_write(
             if result is not _UNSET or (attempt is not None and attempt.maybe_committed):
                 try:
                     committed = await token_committed(bound, session_id, token)
+                    if not committed and time.monotonic() - started > JOURNAL_TRUST_S:
+                        raise LookupError(
+                            f"the write began over {JOURNAL_TRUST_S} s ago: the journal "
+                            "may have been pruned of its row"
+                        )
                 except Exception as check_exc:
                     # Any failure to ask, not only DBAPIError: a server that
                     # refuses connections makes asyncpg raise a bare
@@ -243,15 +269,31 @@ async def run_write(
 
 
 async def token_committed(bound: Bound, session_id: str, token: str) -> bool:
-    """Whether the write that carried ``token`` committed (read under the row lock).
-
-    FOR UPDATE waits for a transaction still holding the row (one whose
-    client vanished but whose server side is finishing), so the answer is
-    final, not a race.
-    """
+    """Whether the write that carried ``token`` committed (the journal, under the row lock)."""
     async with (
         bound.state.exclusive(),
         bound.driver.transaction(bound.engine, bound.state, bound.tables) as run,
     ):
-        ring = await bound.ops.read_tokens(run, session_id)
-    return token in tokens(ring)
+        return await bound.ops.committed(run, session_id, token)
+
+
+async def _maybe_prune(bound: Bound) -> None:
+    """Prune the journal on the first write of an engine and every JOURNAL_PRUNE_EVERY after."""
+    state = bound.state
+    state.writes += 1
+    if state.writes % JOURNAL_PRUNE_EVERY != 1:
+        return
+    try:
+        await prune_journal(bound)
+    except Exception:  # the write succeeded; pruning is retried on a later write
+        _log.warning("could not prune the write journal", exc_info=True)
+
+
+async def prune_journal(bound: Bound) -> int:
+    """Delete the journal rows older than :data:`JOURNAL_WINDOW_S`; how many went."""
+    async with (
+        bound.state.exclusive(),
+        bound.state.writer(),
+        bound.driver.transaction(bound.engine, bound.state, bound.tables) as run,
+    ):
+        return await bound.ops.prune_journal(run, JOURNAL_WINDOW_S * 1000)

@@ -27,7 +27,10 @@ class AiomysqlDriver(FastDriver):
     MAX_PLAN_BYTES: ClassVar[int] = 1_024_000
 
     async def begin(self, conn: Any) -> None:
-        return None
+        # Outside autocommit the first statement opens the transaction; an
+        # engine in AUTOCOMMIT needs it opened explicitly.
+        if conn.get_autocommit():
+            await conn.begin()
 
     async def rows(self, conn: Any, sql: str, args: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
         async with conn.cursor() as cursor:
@@ -67,34 +70,43 @@ class AiomysqlDriver(FastDriver):
     # stop early (the server runs every statement sent) and whose query stays
     # under aiomysql's own statement size, so a big append still goes as
     # executemany's chunks; an item near max_allowed_packet is refused before
-    # (lattice.dialects.check_packet).
+    # (lattice.dialects.check_packet). The joined statements are one template
+    # whose values aiomysql binds itself, like any query's: Lattice builds no
+    # literal. Its text escaping follows the server's NO_BACKSLASH_ESCAPES
+    # flag, and ids are bound as text (lattice.schema.SessionId), so no value
+    # can end its literal and reach the next statement.
     def plan_fits(self, conn: Any, plan: Plan) -> bool:
         return not any(step.stop_if_empty for step in plan)
 
     async def run_plan(
         self, conn: Any, plan: list[tuple[StepKind, str, Any, bool]], commit: bool
     ) -> list[Any]:
+        parts: list[str] = []
+        args: list[Any] = []
+        for kind, sql, values, _ in plan:
+            if kind is StepKind.MANY:
+                # INSERT ... VALUES (...) as one multi-row INSERT, as executemany does.
+                head, row = sql.rsplit(" VALUES ", 1)
+                parts.append(f"{head} VALUES {','.join([row] * len(values))}")
+                for one in values:
+                    args.extend(one)
+            else:
+                parts.append(sql)
+                args.extend(values)
+        template = ";\n".join([*parts, "COMMIT"] if commit else parts)
+        # What the bound query can grow to: each value escaped (at most two
+        # bytes a character) and quoted.
+        size = len(template.encode("utf-8")) + sum(
+            2 * len(value) + 3 if isinstance(value, str) else 32 for value in args
+        )
+        if size > self.MAX_PLAN_BYTES:
+            return []  # too big for one query: the caller runs the steps one by one
+        results: list[Any] = []
         async with conn.cursor() as cursor:
-            parts = []
-            for kind, sql, args, _ in plan:
-                if kind is StepKind.MANY:
-                    # INSERT ... VALUES (...) as one multi-row INSERT, as executemany does.
-                    head, values = sql.rsplit(" VALUES ", 1)
-                    rows = ",".join(cursor.mogrify(values, row) for row in args)
-                    parts.append(f"{head} VALUES {rows}")
-                else:
-                    parts.append(cursor.mogrify(sql, args))
-            query = ";\n".join([*parts, "COMMIT"] if commit else parts)
-            # Binary values (the session id) come back from escaping as
-            # surrogate-escaped text, which aiomysql encodes the same way.
-            size = len(query.encode("utf-8", "surrogateescape"))
-            if size > self.MAX_PLAN_BYTES:
-                return []  # too big for one query: the caller runs the steps one by one
-            results: list[Any] = []
-            await cursor.execute(query)
+            await cursor.execute(template, tuple(args))
             for kind, _, _, _ in plan:
                 results.append(
                     await cursor.fetchall() if kind is StepKind.ROWS else cursor.rowcount
                 )
                 await cursor.nextset()
-            return results
+        return results

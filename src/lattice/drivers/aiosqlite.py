@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from . import _compat
+from .. import _compat
 from .base import Plan, StepKind
 from .connection import FastDriver
 
@@ -56,12 +56,16 @@ class AiosqliteDriver(FastDriver):
     # A whole write transaction in ONE hand-off to aiosqlite's thread instead
     # of one per statement plus one for COMMIT: on a pop, the lock, the
     # DELETE ... RETURNING and the COMMIT (docs/performance.md has the
-    # measurements). Needs aiosqlite's private ``_execute`` (lattice.drivers._compat);
+    # measurements). Needs aiosqlite's private ``_execute`` (lattice._compat);
     # without it plans run statement by statement.
     runs_plans: ClassVar[bool] = True
+    finishes_when_cancelled: ClassVar[bool] = True
 
     async def begin(self, conn: Any) -> None:
-        return None
+        # The sqlite3 module opens the transaction itself before the first
+        # write; an engine in AUTOCOMMIT (isolation_level None) does not.
+        if conn.isolation_level is None:
+            await conn.execute("BEGIN")
 
     async def rows(self, conn: Any, sql: str, args: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
         return list(await conn.execute_fetchall(sql, args))

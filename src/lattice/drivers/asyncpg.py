@@ -14,12 +14,29 @@ from typing import Any, ClassVar
 
 from sqlalchemy import Dialect
 
-from ..schema import WRITE_TOKEN_LENGTH, WRITE_TOKENS_KEPT, LatticeTables
+from ..schema import (
+    JOURNAL_WRITE,
+    WRITE_TOKEN_LENGTH,
+    WRITE_TOKENS_KEPT,
+    EpochMillis,
+    LatticeTables,
+)
 from .base import Stmt
 from .compiled import Compiled
 from .connection import FastDriver
 
 __all__ = ["AsyncpgDriver"]
+
+
+def _journal_cte(tables: LatticeTables, dialect: Dialect, token: int, source: str) -> str:
+    """A CTE writing the write journal's row, after ``source`` (which holds the lock)."""
+    prep = dialect.identifier_preparer
+    j = prep.format_table(tables.journal)
+    epoch = str(EpochMillis().compile(dialect=dialect))
+    return (
+        f"j AS (INSERT INTO {j} (token, session_id, kind, at_ms) "
+        f"SELECT ${token}, {source}.session_id, '{JOURNAL_WRITE}', {epoch} FROM {source})"
+    )
 
 
 def _append_in_one(tables: LatticeTables, dialect: Dialect, upsert: Compiled) -> Compiled:
@@ -51,9 +68,13 @@ def _append_in_one(tables: LatticeTables, dialect: Dialect, upsert: Compiled) ->
     prep = dialect.identifier_preparer
     s, m = prep.format_table(tables.sessions), prep.format_table(tables.messages)
     now = 1 + upsert.bind_names().index("now")
+    token = 1 + upsert.bind_names().index("token")
     items = len(upsert.binds) + 1
+    # The journal's row comes from the upsert's RETURNING too, so it is written
+    # under the session's lock and commits (or not) with the items.
     sql = (
-        f"WITH s AS ({upsert.sql} RETURNING {s}.session_id) "
+        f"WITH s AS ({upsert.sql} RETURNING {s}.session_id), "
+        f"{_journal_cte(tables, dialect, token, 's')} "
         f"INSERT INTO {m} (session_id, message_data, created_at) "
         f"SELECT s.session_id, d.data, ${now} "
         f"FROM s, unnest(${items}::TEXT[]) WITH ORDINALITY AS d(data, ord) "
@@ -97,7 +118,8 @@ def _pop_in_one(tables: LatticeTables, dialect: Dialect, lock: Compiled) -> Comp
         f"FROM {s} WHERE session_id = $1), "
         f"locked AS (UPDATE {s} SET updated_at = $2, item_count = item_count - 1, "
         f"write_tokens = $3 || substr(write_tokens, 1, {kept}) WHERE session_id = $1 "
-        f"RETURNING substr(write_tokens, {width + 1}, {width}) AS prev), "
+        f"RETURNING session_id, substr(write_tokens, {width + 1}, {width}) AS prev), "
+        f"{_journal_cte(tables, dialect, 3, 'locked')}, "
         f"gone AS (DELETE FROM {m} WHERE id = (SELECT id FROM {m} WHERE session_id = $1 "
         "ORDER BY id DESC LIMIT 1) AND (SELECT prev FROM locked) = (SELECT front FROM snap) "
         "RETURNING id, message_data) "

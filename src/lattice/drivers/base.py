@@ -60,6 +60,10 @@ class Stmt(str, enum.Enum):
     DELETE_BY_ID = "delete_by_id"
     DELETE_ALL = "delete_all"
     READ_TOKENS = "read_tokens"
+    JOURNAL_WRITE = "journal_write"
+    JOURNAL_SEQ = "journal_seq"
+    JOURNAL_ERASED_SINCE = "journal_erased_since"
+    JOURNAL_PRUNE = "journal_prune"
     #: asyncpg: a whole append as one autocommit statement.
     APPEND = "append"
     #: asyncpg: a pop's lock and delete as one statement.

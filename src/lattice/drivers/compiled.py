@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Dialect
 
+from .. import _compat
 from ..dialects import statements
 from ..schema import LatticeTables
-from . import _compat
 from .base import Stmt
 
 if TYPE_CHECKING:

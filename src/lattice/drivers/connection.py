@@ -34,18 +34,29 @@ import asyncio
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .. import _compat
 from ..engines import EngineState
 from ..schema import LatticeTables
-from . import _compat
 from .base import Driver, Plan, Runner, StepKind, Stmt, run_steps
 from .compiled import Compiled, compiled_statements
 
 __all__ = ["Checkout", "FastDriver", "reading", "transaction"]
+
+
+async def _outlast(awaitable: Any) -> Any:
+    """Await ``awaitable`` to its end, whatever cancellations arrive meanwhile."""
+    task = asyncio.ensure_future(awaitable)
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            continue
+    return task.result()
 
 
 class FastDriver(Driver):
@@ -55,6 +66,11 @@ class FastDriver(Driver):
     ``aiosqlite.Connection``, ...) and SQL text in the driver's paramstyle,
     compiled once per (tables, dialect) by :mod:`lattice.drivers.compiled`.
     """
+
+    #: A statement whose caller is cancelled still runs to its end on the
+    #: driver's own thread, and calls made after it wait for it (aiosqlite),
+    #: so a cancelled block rolls back instead of closing the connection.
+    finishes_when_cancelled: ClassVar[bool] = False
 
     @abstractmethod
     async def begin(self, conn: Any) -> None:
@@ -311,6 +327,16 @@ class Checkout:
             if isinstance(exc, Exception) and self._fairy.is_valid:
                 try:
                     await self._driver.rollback(self._conn)
+                except Exception as err:
+                    self.invalidate(err, whole_pool=False)
+            elif self._driver.finishes_when_cancelled and self._fairy.is_valid:
+                # Cancelled while a statement runs on the driver's own thread
+                # (aiosqlite): it runs to its end whatever happens to its
+                # caller, and the next call queues behind it, so a ROLLBACK
+                # leaves the connection idle. Closing it instead would destroy
+                # an in-memory database, whose one connection it is.
+                try:
+                    await _outlast(self._driver.rollback(self._conn))
                 except Exception as err:
                     self.invalidate(err, whole_pool=False)
             else:

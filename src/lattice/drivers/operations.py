@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import dialects
 from ..engines import EngineState
-from ..schema import utc_now
+from ..schema import JOURNAL_CLEAR, JOURNAL_WRITE, utc_now
 from .base import Driver, Runner, Step, StepKind, Stmt
 
 __all__ = ["Operations", "Popped"]
@@ -79,6 +79,7 @@ class Operations:
         await run.steps(
             [
                 Step(StepKind.COUNT, Stmt.UPSERT_SESSION, head),
+                _journal(session_id, token, JOURNAL_WRITE),
                 Step(StepKind.MANY, Stmt.INSERT_MESSAGE, rows),
             ]
         )
@@ -103,17 +104,22 @@ class Operations:
                 return None
             return Popped(int(mid), data, token)
         lock = Step(StepKind.COUNT, Stmt.LOCK_SESSION_POP, lock_params, stop_if_empty=True)
+        journal = _journal(session_id, token, JOURNAL_WRITE)
         if self.rules.delete_returning:
             delete = Step(StepKind.ROWS, Stmt.DELETE_NEWEST_RETURNING, sid, True)
-            done = await run.steps([lock, delete])
-            gone: Sequence[Sequence[Any]] = done[-1] if len(done) == 2 else []
+            done = await run.steps([lock, journal, delete])
+            gone: Sequence[Sequence[Any]] = done[-1] if len(done) == 3 else []
             return Popped(int(gone[0][0]), gone[0][1], token) if gone else None
         # No DELETE ... RETURNING (MySQL): the lock and the SELECT as one batch,
         # then the DELETE and COMMIT as another (two round trips where the
         # driver runs plans). The item is in hand before COMMIT is sent, and
         # becomes the result should the reply to that COMMIT be lost.
-        locked, rows = await run.steps(
-            [replace(lock, stop_if_empty=False), Step(StepKind.ROWS, Stmt.SELECT_NEWEST, sid)],
+        locked, _, rows = await run.steps(
+            [
+                replace(lock, stop_if_empty=False),
+                journal,
+                Step(StepKind.ROWS, Stmt.SELECT_NEWEST, sid),
+            ],
             commit=False,
         )
         if not rows:
@@ -131,30 +137,58 @@ class Operations:
         await run.steps(
             [
                 Step(StepKind.COUNT, Stmt.LOCK_SESSION_CLEAR, params, stop_if_empty=True),
+                _journal(session_id, token, JOURNAL_CLEAR),
                 Step(StepKind.COUNT, Stmt.DELETE_ALL, {"sid": session_id}),
             ]
         )
 
-    async def lock_for_put_back(self, run: Runner, session_id: str, token: str) -> str | None:
-        """Upsert the session row (count + 1) and return its tokens ring as it now is."""
-        params = {"sid": session_id, "now": utc_now(), "n": 1, "token": token}
-        # The upsert first: it takes the session's lock (on SQLite, the write
-        # lock) before the ring is read, so no clear can slip between.
-        await run.count(Stmt.UPSERT_SESSION, params)
-        ring = await run.rows(Stmt.READ_TOKENS, {"sid": session_id})
-        return str(ring[0][0]) if ring else None
+    async def put_back(self, run: Runner, session_id: str, popped: Popped, token: str) -> bool:
+        """Insert a popped item again under its old id, unless its session was erased since.
 
-    async def reinsert(self, run: Runner, session_id: str, popped: Popped) -> None:
-        """Insert a popped item again under its old id."""
-        params = {
-            "mid": popped.message_id,
-            "sid": session_id,
-            "data": popped.text,
-            "now": utc_now(),
-        }
+        The upsert first: it takes the session's lock (on SQLite, the write
+        lock) before the journal is read, so no clear can slip between. The
+        journal then says whether a clear or a delete of the session
+        committed after the pop (later ``seq``): then the item stays out, as
+        that clear would have removed it too. False when it stayed out.
+
+        Raises:
+            LookupError: the pop's journal row is gone (older than the
+                journal's window): nothing can prove the session unchanged.
+        """
+        now = utc_now()
+        await run.count(
+            Stmt.UPSERT_SESSION, {"sid": session_id, "now": now, "n": 1, "token": token}
+        )
+        seq = await run.rows(Stmt.JOURNAL_SEQ, {"token": popped.token})
+        if not seq:
+            raise LookupError("the pop's journal row is gone")
+        erased = await run.rows(Stmt.JOURNAL_ERASED_SINCE, {"sid": session_id, "seq": seq[0][0]})
+        if erased:
+            await run.rollback()
+            return False
+        entry = _journal(session_id, token, JOURNAL_WRITE)
+        await run.count(entry.stmt, entry.params)
+        params = {"mid": popped.message_id, "sid": session_id, "data": popped.text, "now": now}
         await run.count(Stmt.INSERT_MESSAGE_WITH_ID, params)
+        return True
 
-    async def read_tokens(self, run: Runner, session_id: str) -> str | None:
-        """The session row's write tokens, read under its row lock (``None``: no row)."""
-        rows = await run.rows(Stmt.READ_TOKENS, {"sid": session_id})
-        return str(rows[0][0]) if rows else None
+    async def committed(self, run: Runner, session_id: str, token: str) -> bool:
+        """Whether the write that carried ``token`` committed.
+
+        The session row is locked first (``FOR UPDATE``): that waits for a
+        transaction still holding it (one whose client vanished but whose
+        server side is finishing), so the journal's answer is final.
+        """
+        await run.rows(Stmt.READ_TOKENS, {"sid": session_id})
+        return bool(await run.rows(Stmt.JOURNAL_SEQ, {"token": token}))
+
+    async def prune_journal(self, run: Runner, window_ms: int) -> int:
+        """Delete the journal rows older than ``window_ms`` (by the server's clock)."""
+        return await run.count(Stmt.JOURNAL_PRUNE, {"window_ms": window_ms})
+
+
+def _journal(session_id: str, token: str, kind: str) -> Step:
+    """The journal row a write of ``kind`` adds, in its own transaction."""
+    return Step(
+        StepKind.COUNT, Stmt.JOURNAL_WRITE, {"token": token, "sid": session_id, "kind": kind}
+    )

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..dialects import Statements, statements
-from ..engines import EngineState
+from ..engines import EngineState, transaction
 from ..schema import LatticeTables
 from .base import Driver, Plan, Runner, Stmt, run_steps
 
@@ -98,5 +98,5 @@ class SQLAlchemyDriver(Driver):
                     await conn.execution_options(isolation_level="AUTOCOMMIT")
                 yield SQLAlchemyRunner(conn, stmts)
         else:
-            async with engine.begin() as conn:
+            async with transaction(engine) as conn:
                 yield SQLAlchemyRunner(conn, stmts)

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .. import engines, writes
 from ..dialects import statements
-from ..schema import LatticeTables, utc_now
+from ..schema import JOURNAL_DELETE, LatticeTables, utc_now
 
 __all__ = ["StoreCore"]
 
@@ -46,15 +46,26 @@ class StoreCore:
     async def bind(self) -> engines.EngineState:
         """The engine's state, with the tables created first if asked."""
         state = engines.engine_state(self.engine)
+        if not state.ready:
+            await engines.check_ready(self.engine, state)
         if self.create_tables:
             await engines.ensure_tables(self.engine, state, self.tables)
         return state
 
     async def read(self, statement: Select[Any]) -> list[Any]:
-        """The rows of one read."""
+        """The rows of one read.
+
+        Run to its end even if the caller is cancelled (then the cancellation
+        goes on): SQLAlchemy closes a connection whose statement was
+        interrupted, and an in-memory SQLite database is that connection.
+        """
         state = await self.bind()
-        async with state.exclusive(), self.engine.connect() as conn:
-            return list((await conn.execute(statement)).all())
+
+        async def run() -> list[Any]:
+            async with state.exclusive(), self.engine.connect() as conn:
+                return list((await conn.execute(statement)).all())
+
+        return await writes.shielded(run)
 
     async def transact(self, body: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
         """Run ``body`` in one transaction, again when the server rolled it back.
@@ -65,11 +76,15 @@ class StoreCore:
         state = await self.bind()
 
         async def attempt() -> _T:
-            async with state.exclusive(), self.engine.begin() as conn:
+            async with state.exclusive(), engines.transaction(self.engine) as conn:
                 return await body(conn)
 
-        return await writes.retry_conflicts(
-            attempt, also=lambda exc: isinstance(exc, IntegrityError)
+        # Shielded like every write (lattice.writes): a cancelled caller
+        # cannot leave it half done or close the connection under it.
+        return await writes.shielded(
+            lambda: writes.retry_conflicts(
+                attempt, also=lambda exc: isinstance(exc, IntegrityError)
+            )
         )
 
     def info_columns(self) -> Select[Any]:
@@ -105,3 +120,16 @@ class StoreCore:
         params = {"sid": session_id, "now": utc_now(), "n": 0, "token": writes.new_token()}
         await conn.execute(upsert, params)
         return False
+
+    async def journal_deletes(self, conn: AsyncConnection, ids: list[str]) -> None:
+        """Record in the write journal that the sessions ``ids`` were deleted.
+
+        A cancelled pop's put-back reads it: history deleted after the pop
+        (a privacy erasure, say) must not come back, even if the session is
+        started again under the same id.
+        """
+        journal = statements(self.tables, conn.dialect).journal_write
+        await conn.execute(
+            journal,
+            [{"token": writes.new_token(), "sid": sid, "kind": JOURNAL_DELETE} for sid in ids],
+        )

@@ -30,6 +30,7 @@ __all__ = [
     "Filters",
     "decode_cursor",
     "encode_cursor",
+    "json_equal",
     "keyset_after",
     "keyset_before",
     "walk",
@@ -146,7 +147,26 @@ class Filters:
         """True when ``metadata`` has every key of the ``metadata`` filter, equal."""
         if not self.metadata:
             return True
-        return all(key in metadata and metadata[key] == v for key, v in self.metadata.items())
+        return all(
+            key in metadata and json_equal(metadata[key], v) for key, v in self.metadata.items()
+        )
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality of JSON values by type: ``true`` is not ``1``, and ``1`` is not ``1.0``.
+
+    Python's ``==`` says ``True == 1 == 1.0``, so a filter on
+    ``{"archived": True}`` would also match (and delete) sessions whose
+    ``archived`` is ``1``. JSON keeps them apart, and so does Lattice, which
+    round-trips ``1`` and ``1.0`` as different texts.
+    """
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 def keyset_before(
@@ -192,19 +212,25 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     """The position a cursor from :func:`encode_cursor` stands for.
 
     Raises:
-        ValueError: ``cursor`` was not made by this version of Lattice.
+        ValueError: ``cursor`` was not made by this version of Lattice (or was
+            changed): never a database error, whatever it holds.
     """
     if not isinstance(cursor, str):
         raise TypeError(f"cursor must be a str, not {type(cursor).__name__}")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         version, stamp, session_id = json.loads(raw.decode("utf-8"))
-        if version != _CURSOR_VERSION or not isinstance(session_id, str):
+        if version != _CURSOR_VERSION or not isinstance(stamp, str):
             raise ValueError
+        check_session_id(session_id)
         when = dt.datetime.fromisoformat(stamp)
         if when.tzinfo is None:
             raise ValueError
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        # A time every database can compare with (UTC, years 1000 to 9998).
+        when = when.astimezone(dt.timezone.utc)
+        if not 1000 <= when.year <= 9998:
+            raise ValueError
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise ValueError(
             f"invalid cursor {cursor[:40]!r}: pass the next_cursor of a previous page"
         ) from None

@@ -74,6 +74,7 @@ async def _delete_group(core: StoreCore, ids: list[str], filters: Filters) -> De
             return DeleteResult()
         items = await conn.execute(delete(m).where(m.c.session_id.in_(doomed)))
         sessions = await conn.execute(delete(s).where(s.c.session_id.in_(doomed)))
+        await core.journal_deletes(conn, doomed)
         return DeleteResult(int(sessions.rowcount), int(items.rowcount))
 
     return await core.transact(body)
@@ -102,6 +103,7 @@ async def delete_one(
         if edge is None:
             items = await conn.execute(delete(m).where(its_items))
             await conn.execute(delete(s).where(this))
+            await core.journal_deletes(conn, [session_id])
             return DeleteResult(1, int(items.rowcount)), True
         items = await conn.execute(delete(m).where(its_items, m.c.id <= edge))
         await conn.execute(update(s).where(this).values(item_count=s.c.item_count - items.rowcount))

@@ -26,12 +26,12 @@ def tricky_items() -> list[dict[str, Any]]:
         {"z": 1, "a": 2, "m": {"y": [3, 2, 1], "b": None}},
         {"int": 1, "float": 1.0, "neg_zero": -0.0, "exp": 1e-7, "huge": 1.7976931348623157e308},
         {"big": 2**64 + 1, "neg": -(2**63), "bool": True, "none": None},
-        {"text": "NUL \x00 inside, tab \t, newline \n, quote \", backslash \\"},
+        {"text": 'NUL \x00 inside, tab \t, newline \n, quote ", backslash \\'},
         {"text": "héllo wörld, 日本語, emoji 🧠🚀, rtl עברית"},
         {"escaped_looking": "\\u00e9 is not é", "unicode_key_é": "v"},
         {},
         {"nested": [[[[{"deep": [1, [2, [3]]]}]]]], "empty_list": [], "empty_obj": {}},
-        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{\"x\": 1}"},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": '{"x": 1}'},
     ]
 
 
@@ -208,7 +208,7 @@ class SessionConformance:
     @pytest.mark.parametrize(
         "raw_id",
         [
-            "it's \"quoted\"",
+            'it\'s "quoted"',
             "100% %s %(x)s",
             "'; DROP TABLE agent_messages; --",
             "emoji 🧠 id ✨",

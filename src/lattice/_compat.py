@@ -8,7 +8,8 @@ not somewhere in a session's write path.
 
 Names used:
 
-* SQLAlchemy: ``SQLCompiler.positiontup`` (the order of positional binds),
+* SQLAlchemy: ``Dialect._on_connect_isolation_level`` (an engine made with
+  ``isolation_level="AUTOCOMMIT"``), ``SQLCompiler.positiontup`` (the order of positional binds),
   ``sqlalchemy.util.greenlet_spawn`` (run pool code that may do I/O from
   asyncio), ``_ConnectionFairy._close_special`` (return a connection known
   to be idle without the pool's reset), ``Pool._invalidate`` (invalidate a
@@ -32,6 +33,7 @@ __all__ = [
     "adapter_rollback",
     "alembic_proxy",
     "close_connection",
+    "engine_autocommits",
     "greenlet_spawn",
     "invalidate_pool",
     "pool_checkout",
@@ -42,6 +44,22 @@ __all__ = [
     "sqlite_thread_calls_supported",
     "translate_driver_error",
 ]
+
+
+def engine_autocommits(engine: Any) -> bool:
+    """True when ``engine`` hands out connections in AUTOCOMMIT.
+
+    Either way of asking SQLAlchemy for it: ``create_async_engine(...,
+    isolation_level="AUTOCOMMIT")`` (kept as the dialect's
+    ``_on_connect_isolation_level``) or ``engine.execution_options(
+    isolation_level="AUTOCOMMIT")`` (the engine's execution options).
+    """
+    sync_engine = getattr(engine, "sync_engine", engine)
+    options = sync_engine.get_execution_options()
+    level = options.get("isolation_level") or getattr(
+        sync_engine.dialect, "_on_connect_isolation_level", None
+    )
+    return level == "AUTOCOMMIT"
 
 
 def positional_bind_names(compiled: Any) -> tuple[str, ...]:
