@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,6 +19,7 @@ __all__ = [
     "MAX_NESTING_DEPTH",
     "MAX_SESSION_ID_LENGTH",
     "check_session_id",
+    "check_stored_text",
     "decode_item",
     "encode_item",
     "encode_items",
@@ -160,6 +162,53 @@ def encode_items(items: Iterable[Any], max_bytes: int = DEFAULT_MAX_ITEM_BYTES) 
     if isinstance(items, (dict, str, bytes)):
         raise TypeError(f"items must be a list of dicts, not a {type(items).__name__}")
     return [encode_item(item, index, max_bytes) for index, item in enumerate(items)]
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _text_too_deep(text: str) -> bool:
+    """True if the JSON ``text`` nests arrays and objects more than ``MAX_NESTING_DEPTH`` deep.
+
+    Read from the text, not from a decoded value: decoding 100,000 levels is a
+    RecursionError before any check could run.
+    """
+    if text.count("{") + text.count("[") <= MAX_NESTING_DEPTH:
+        return False
+    depth = 0
+    for match in _BRACKET.finditer(_STRING.sub('""', text)):
+        if match.group() in "[{":
+            depth += 1
+            if depth > MAX_NESTING_DEPTH:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def check_stored_text(text: str, max_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> dict[str, Any]:
+    """Check JSON text from outside (an import) by the rules ``encode_item`` applies; decode it.
+
+    Raises:
+        ValueError: not JSON, not an object, invalid Unicode, nested more than
+            ``MAX_NESTING_DEPTH`` levels, or over ``max_bytes`` bytes of UTF-8.
+    """
+    try:
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("the item's JSON text is not valid Unicode") from None
+    if size > max_bytes:
+        raise ValueError(f"an item of {size} bytes, over the limit of {max_bytes} (max_item_bytes)")
+    if _text_too_deep(text):
+        raise ValueError(f"the item is nested more than {MAX_NESTING_DEPTH} levels deep")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"the item's JSON text is not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError("the item's JSON text is not a JSON object")
+    return value
 
 
 def decode_item(text: str) -> dict[str, Any]:

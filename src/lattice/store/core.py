@@ -12,17 +12,26 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .. import engines, writes
-from ..dialects import statements
+from ..dialects import rules, statements
 from ..schema import JOURNAL_DELETE, LatticeTables, utc_now
 
 __all__ = ["StoreCore"]
 
 _T = TypeVar("_T")
+
+
+def _before_commit(exc: DBAPIError) -> bool:
+    """True when the connection died on a statement, before COMMIT was sent.
+
+    SQLAlchemy reports a failed COMMIT with no statement; only then can the
+    transaction have committed, so only then is it not run again.
+    """
+    return exc.statement is not None
 
 
 class StoreCore:
@@ -62,8 +71,16 @@ class StoreCore:
         state = await self.bind()
 
         async def run() -> list[Any]:
-            async with state.exclusive(), self.engine.connect() as conn:
-                return list((await conn.execute(statement)).all())
+            for attempt in (1, 2):
+                try:
+                    async with state.exclusive(), self.engine.connect() as conn:
+                        return list((await conn.execute(statement)).all())
+                except DBAPIError as exc:
+                    # A pooled connection that died while idle (a server
+                    # restart): the pool is invalidated, one more try reconnects.
+                    if attempt == 2 or not exc.connection_invalidated:
+                        raise
+            raise AssertionError("unreachable")
 
         return await writes.shielded(run)
 
@@ -76,8 +93,16 @@ class StoreCore:
         state = await self.bind()
 
         async def attempt() -> _T:
-            async with state.exclusive(), engines.transaction(self.engine) as conn:
-                return await body(conn)
+            for tries in (1, 2):
+                try:
+                    async with state.exclusive(), engines.transaction(self.engine) as conn:
+                        return await body(conn)
+                except DBAPIError as exc:
+                    # The connection died before COMMIT (a dead pooled connection):
+                    # the server rolled everything back, so once more.
+                    if tries == 2 or not exc.connection_invalidated or not _before_commit(exc):
+                        raise
+            raise AssertionError("unreachable")
 
         # Shielded like every write (lattice.writes): a cancelled caller
         # cannot leave it half done or close the connection under it.
@@ -133,3 +158,13 @@ class StoreCore:
             journal,
             [{"token": writes.new_token(), "sid": sid, "kind": JOURNAL_DELETE} for sid in ids],
         )
+
+    async def max_packet(self) -> int | None:
+        """MySQL's ``max_allowed_packet`` (read once per engine), or ``None`` elsewhere."""
+        state = await self.bind()
+        if not rules(self.engine.dialect).packet_limited:
+            return None
+        if state.max_packet is None:
+            rows = await self.read(select(text("@@max_allowed_packet")))
+            state.max_packet = int(rows[0][0])
+        return state.max_packet

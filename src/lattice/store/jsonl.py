@@ -26,7 +26,8 @@ import re
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from ..items import check_session_id
+from ..dialects import check_packet
+from ..items import check_session_id, check_stored_text
 from ..schema import utc_now
 from .model import SessionInfo, decode_metadata, encode_metadata
 
@@ -105,7 +106,15 @@ def _timestamp(record: dict[str, Any], key: str) -> dt.datetime:
         when = None
     if when is None or when.tzinfo is None:
         raise FormatError(f"{key!r} must be an ISO 8601 timestamp with a UTC offset")
-    return when
+    try:
+        utc = when.astimezone(dt.timezone.utc)
+    except OverflowError:
+        utc = None
+    # Stored as UTC; years 1000 to 9999 are what every database takes
+    # (MySQL's DATETIME range).
+    if utc is None or not 1000 <= utc.year <= 9999:
+        raise FormatError(f"{key!r} {value!r} is outside the years 1000 to 9999 (in UTC)")
+    return utc
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
@@ -123,6 +132,8 @@ class Parser:
     """Reads the lines of an export one by one, checking each against the format."""
 
     max_item_bytes: int
+    #: MySQL's max_allowed_packet, when the target has one.
+    max_packet: int | None = None
     lineno: int = 0
     sessions: int = 0
     items: int = 0
@@ -200,13 +211,14 @@ class Parser:
         text = record.get("json")
         if not isinstance(text, str):
             raise FormatError("an item needs its JSON text in 'json'")
-        _json_object(text, "the item's JSON text")
+        # The rules add_items applies (size, nesting, a JSON object), and the
+        # database's own limit: what the import would be refused midway.
         try:
-            size = len(text) if text.isascii() else len(text.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise FormatError("the item's JSON text is not valid Unicode") from None
-        if size > self.max_item_bytes:
-            raise FormatError(f"an item of {size} bytes, over max_item_bytes")
+            check_stored_text(text, self.max_item_bytes)
+            if self.max_packet is not None:
+                check_packet([text], self.max_packet)
+        except ValueError as exc:
+            raise FormatError(str(exc).replace("item 0 ", "the item ")) from None
         self.items += 1
         return _timestamp(record, "created_at"), text
 
@@ -217,9 +229,11 @@ class Parser:
             raise ValueError(f"the file ends at line {self.lineno} without its end line: truncated")
 
 
-def check_file(handle: IO[str], max_item_bytes: int) -> tuple[int, int]:
+def check_file(
+    handle: IO[str], max_item_bytes: int, max_packet: int | None = None
+) -> tuple[int, int]:
     """Parse the whole file (in a worker thread); return ``(sessions, items)``."""
-    parser = Parser(max_item_bytes)
+    parser = Parser(max_item_bytes, max_packet)
     for line in handle:
         parser.feed(line)
     parser.finish()

@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.pool import StaticPool
 
+from .. import engines, writes
 from ..dialects import rules
 from . import jsonl
 from .core import StoreCore
@@ -33,7 +34,6 @@ from .model import (
     encode_metadata,
     merge_patch,
 )
-from .retention import DEFAULT_BATCH_ITEMS, delete_one
 
 __all__ = ["CONFLICT_POLICIES", "copy_sessions", "export_jsonl", "import_jsonl"]
 
@@ -116,9 +116,9 @@ async def _db_records(
 
 
 async def _file_records(
-    handle: IO[str], max_item_bytes: int
+    handle: IO[str], max_item_bytes: int, max_packet: int | None
 ) -> AsyncIterator[SessionInfo | list[Item]]:
-    parser = jsonl.Parser(max_item_bytes)
+    parser = jsonl.Parser(max_item_bytes, max_packet)
     while lines := await asyncio.to_thread(jsonl.read_lines, handle):
         items: list[Item] = []
         for line in lines:
@@ -138,7 +138,15 @@ async def _file_records(
 
 
 class _Writer:
-    """Writes a stream of records into a store, batch by batch."""
+    """Writes a stream of records into a store, each session in one transaction.
+
+    A session is imported whole or not at all: its row, its metadata and all
+    its items commit together (batches of ``_BATCH_ITEMS`` statements inside
+    that one transaction), so an import killed halfway leaves the sessions
+    before it complete and none half-written, and running it again with
+    ``on_conflict="skip"`` finishes the job. ``replace`` swaps the old
+    session for the new one in the same transaction.
+    """
 
     def __init__(self, store: StoreCore, on_conflict: str, progress: Progress | None) -> None:
         self.store = store
@@ -146,38 +154,90 @@ class _Writer:
         self.progress = progress
         self.result = ImportResult()
         self.session_id: str | None = None
+        self.conn: AsyncConnection | None = None
+        self._stack: AsyncExitStack | None = None
+        self._outcome = ""
+        self._items = 0
         self.batch: list[Item] = []
         self.batch_bytes = 0
 
     async def run(self, records: AsyncIterator[SessionInfo | list[Item]]) -> ImportResult:
-        async for record in records:
-            if isinstance(record, SessionInfo):
-                await self.flush()
-                self.session_id = await self.begin(record)
-                continue
-            if self.session_id is None:  # a skipped session
-                if self.progress is not None:
-                    self.progress(len(record))
-                continue
-            for item in record:
-                self.batch.append(item)
-                self.batch_bytes += len(item[1])
-                if len(self.batch) >= _BATCH_ITEMS or self.batch_bytes >= _BATCH_BYTES:
-                    await self.flush()
-        await self.flush()
+        try:
+            async for record in records:
+                if isinstance(record, SessionInfo):
+                    await self.end_session()
+                    await self.start_session(record)
+                    continue
+                if self.conn is None:  # a skipped session
+                    if self.progress is not None:
+                        self.progress(len(record))
+                    continue
+                for item in record:
+                    self.batch.append(item)
+                    self.batch_bytes += len(item[1])
+                    if len(self.batch) >= _BATCH_ITEMS or self.batch_bytes >= _BATCH_BYTES:
+                        await self.flush()
+            await self.end_session()
+        except BaseException as exc:
+            await self.abort(exc)
+            raise
         return self.result
 
-    async def begin(self, info: SessionInfo) -> str | None:
-        """Make (or pick up) the session's row; ``None`` when it is skipped."""
+    async def start_session(self, info: SessionInfo) -> None:
+        """Open the session's transaction and make (or pick up) its row."""
+        store = self.store
+        state = await store.bind()
+
+        async def attempt() -> str:
+            stack = AsyncExitStack()
+            await stack.enter_async_context(state.exclusive())
+            conn = await stack.enter_async_context(engines.transaction(store.engine))
+            try:
+                outcome = await self.begin(conn, info)
+            except BaseException as exc:
+                await stack.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            if outcome == "skip":
+                await stack.aclose()
+            else:
+                self._stack, self.conn = stack, conn
+            return outcome
+
+        self._outcome = await writes.retry_conflicts(attempt)
+        if self._outcome == "skip":
+            self.result.skipped += 1
+            self.session_id = None
+        else:
+            self.session_id = info.session_id
+            self._items = 0
+
+    async def end_session(self) -> None:
+        """Write what is left of the session and commit it."""
+        if self._stack is None:
+            return
+        await self.flush()
+        stack, self._stack, self.conn = self._stack, None, None
+        await stack.aclose()
+        setattr(self.result, self._outcome, getattr(self.result, self._outcome) + 1)
+        self.result.items += self._items
+        self.session_id = None
+
+    async def abort(self, exc: BaseException) -> None:
+        """Roll back the session being written."""
+        stack, self._stack, self.conn = self._stack, None, None
+        if stack is not None:
+            await stack.__aexit__(type(exc), exc, exc.__traceback__)
+
+    async def begin(self, conn: AsyncConnection, info: SessionInfo) -> str:
+        """The session's row, by the conflict policy: its outcome's name."""
         store = self.store
         s = store.tables.sessions
         this = s.c.session_id == info.session_id
         text, owner = encode_metadata(info.metadata)
-
-        async def body(conn: AsyncConnection) -> str:
-            if await store.lock(conn, [info.session_id]):
-                if self.on_conflict != "append":
-                    return self.on_conflict
+        if await store.lock(conn, [info.session_id]):
+            if self.on_conflict == "skip":
+                return "skip"
+            if self.on_conflict == "append":
                 row = (
                     await conn.execute(select(s.c.session_metadata, s.c.updated_at).where(this))
                 ).one()
@@ -194,57 +254,83 @@ class _Writer:
                     )
                 )
                 return "appended"
-            await store.lock_or_create(conn, info.session_id)
-            await conn.execute(
-                update(s)
-                .where(this)
-                .values(
-                    created_at=info.created_at,
-                    updated_at=info.updated_at,
-                    session_metadata=text,
-                    owner=owner,
-                )
-            )
-            return "created"
-
-        outcome = await store.transact(body)
-        if outcome == "replace":
-            await delete_one(store, info.session_id, Filters(), DEFAULT_BATCH_ITEMS)
-            if await store.transact(body) != "created":
-                raise RuntimeError(f"session {info.session_id!r} came back while being replaced")
+            # replace: the old session goes in this very transaction.
+            m = store.tables.messages
+            await conn.execute(delete(m).where(m.c.session_id == info.session_id))
+            await conn.execute(delete(s).where(this))
+            await store.journal_deletes(conn, [info.session_id])
             outcome = "replaced"
-        if outcome == "skip":
-            self.result.skipped += 1
-            return None
-        setattr(self.result, outcome, getattr(self.result, outcome) + 1)
-        return info.session_id
+        else:
+            outcome = "created"
+        await store.lock_or_create(conn, info.session_id)
+        await conn.execute(
+            update(s)
+            .where(this)
+            .values(
+                created_at=info.created_at,
+                updated_at=info.updated_at,
+                session_metadata=text,
+                owner=owner,
+            )
+        )
+        return outcome
 
     async def flush(self) -> None:
-        if not self.batch or self.session_id is None:
+        """Write the batch in hand into the open session's transaction."""
+        if not self.batch or self.conn is None:
             return
-        store, batch, session_id = self.store, self.batch, self.session_id
-        s, m = store.tables.sessions, store.tables.messages
-
-        async def body(conn: AsyncConnection) -> None:
-            await store.lock(conn, [session_id])
-            await conn.execute(
-                insert(m),
-                [
-                    {"session_id": session_id, "message_data": text, "created_at": created_at}
-                    for created_at, text in batch
-                ],
-            )
-            await conn.execute(
-                update(s)
-                .where(s.c.session_id == session_id)
-                .values(item_count=s.c.item_count + len(batch))
-            )
-
-        await store.transact(body)
-        self.result.items += len(batch)
+        await self.write_batch(self.conn, self.batch)
+        self._items += len(self.batch)
         if self.progress is not None:
-            self.progress(len(batch))
+            self.progress(len(self.batch))
         self.batch, self.batch_bytes = [], 0
+
+    async def write_batch(self, conn: AsyncConnection, batch: list[Item]) -> None:
+        """Insert ``batch`` after the session's items, and count it."""
+        s, m = self.store.tables.sessions, self.store.tables.messages
+        session_id = self.session_id
+        await conn.execute(
+            insert(m),
+            [
+                {"session_id": session_id, "message_data": text, "created_at": created_at}
+                for created_at, text in batch
+            ],
+        )
+        await conn.execute(
+            update(s)
+            .where(s.c.session_id == session_id)
+            .values(item_count=s.c.item_count + len(batch))
+        )
+
+    async def copy_in_database(self, info: SessionInfo, source: StoreCore) -> None:
+        """Copy one session from other tables of the same database, in SQL.
+
+        One connection does it all (``INSERT ... SELECT`` in the session's
+        transaction), so a copy between two stores on one engine works even
+        with a pool of one connection.
+        """
+        await self.start_session(info)
+        if self.conn is None:
+            return
+        s, m = self.store.tables.sessions, self.store.tables.messages
+        src = source.tables.messages
+        rows = (
+            select(src.c.session_id, src.c.message_data, src.c.created_at)
+            .where(src.c.session_id == info.session_id)
+            .order_by(src.c.id)
+        )
+        copied = await self.conn.execute(
+            insert(m).from_select(["session_id", "message_data", "created_at"], rows)
+        )
+        await self.conn.execute(
+            update(s)
+            .where(s.c.session_id == info.session_id)
+            .values(item_count=s.c.item_count + copied.rowcount)
+        )
+        self._items += int(copied.rowcount)
+        if self.progress is not None:
+            self.progress(int(copied.rowcount))
+        await self.end_session()
 
 
 def _check_policy(on_conflict: str) -> None:
@@ -354,10 +440,13 @@ async def _import(
     store: StoreCore, handle: IO[str], on_conflict: str, progress: Progress | None
 ) -> ImportResult:
     start = handle.tell()
-    await asyncio.to_thread(jsonl.check_file, handle, store.max_item_bytes)
+    # The whole file is checked first, against this database's limits too
+    # (MySQL's max_allowed_packet), so it is not refused halfway.
+    max_packet = await store.max_packet()
+    await asyncio.to_thread(jsonl.check_file, handle, store.max_item_bytes, max_packet)
     handle.seek(start)
     writer = _Writer(store, on_conflict, progress)
-    return await writer.run(_file_records(handle, store.max_item_bytes))
+    return await writer.run(_file_records(handle, store.max_item_bytes, max_packet))
 
 
 async def copy_sessions(
@@ -371,9 +460,32 @@ async def copy_sessions(
 ) -> ImportResult:
     """See :meth:`lattice.SessionStore.copy_to`."""
     _check_policy(on_conflict)
-    if source.engine is target.engine and (
-        source.tables is target.tables or isinstance(source.engine.sync_engine.pool, StaticPool)
-    ):
+    if source.engine is target.engine and source.tables is target.tables:
         raise ValueError("copy_to needs another store: a different database or other tables")
     filters = Filters.make(prefix=prefix, owner=owner)
-    return await _Writer(target, on_conflict, progress).run(_db_records(source, filters))
+    writer = _Writer(target, on_conflict, progress)
+    if source.engine is not target.engine:
+        return await writer.run(_db_records(source, filters))
+    # One engine: the copy runs in SQL, session by session, on one connection.
+    async for info in _catalogue(source, filters):
+        await writer.copy_in_database(info, source)
+    return writer.result
+
+
+async def _catalogue(store: StoreCore, filters: Filters) -> AsyncIterator[SessionInfo]:
+    """The matching sessions by id, read a chunk at a time without holding a connection."""
+    s = store.tables.sessions
+    conditions = filters.where(store.tables, store.engine.dialect)
+    last: str | None = None
+    while True:
+        query = store.info_columns().where(*conditions)
+        if last is not None:
+            query = query.where(s.c.session_id > last)
+        rows = await store.read(query.order_by(s.c.session_id).limit(_SESSION_CHUNK))
+        for row in rows:
+            info = SessionInfo.from_row(row)
+            if filters.matches_metadata(info.metadata):
+                yield info
+        if len(rows) < _SESSION_CHUNK:
+            return
+        last = rows[-1][0]
