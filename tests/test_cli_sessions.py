@@ -151,6 +151,7 @@ async def test_errors_and_exit_codes(url: str, tmp_path: Path) -> None:
     missing = await lattice("import", nowhere, "--url", url, "--on-conflict", "skip")
     assert missing.exit_code == 1 and "No such file" in missing.stderr
 
+    (tmp_path / "empty.db").touch()  # a database without Lattice's tables
     empty = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
     no_tables = await lattice("list", "--url", empty)
     assert no_tables.exit_code == 1 and "lattice db upgrade" in no_tables.stderr

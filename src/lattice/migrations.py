@@ -40,6 +40,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from . import urls
 from ._migration_env import (
     ATTR_ADOPT,
     ATTR_CONNECTION,
@@ -135,7 +136,7 @@ def _config(**attributes: Any) -> Config:
 
 
 def _safe_url(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    return urls.shown(url)
 
 
 def _reason(exc: BaseException) -> str:

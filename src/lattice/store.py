@@ -29,7 +29,7 @@ from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from . import engines
+from . import engines, urls
 from .dialects import is_transient_conflict
 from .items import DEFAULT_MAX_ITEM_BYTES
 from .protocol import SessionSettings
@@ -196,7 +196,7 @@ class SessionStore:
         await self.close()
 
     def __repr__(self) -> str:
-        url = self._engine.url.render_as_string(hide_password=True)
+        url = urls.shown(self._engine.url)  # no password, also not in the query string
         return f"SessionStore({url!r}, sessions_table={self._tables.sessions.name!r})"
 
     def session(

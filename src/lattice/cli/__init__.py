@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 import typer
 
 from .. import __version__
@@ -48,6 +51,13 @@ def _register() -> None:
 _register()
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # Handled as Ctrl-C is: asyncio cancels the command's task, so its
+    # cleanup runs (an export removes its .partial file, transactions roll back).
+    signal.raise_signal(signal.SIGINT)
+
+
 def main() -> None:
     """Entry point of the ``lattice`` console script."""
+    signal.signal(signal.SIGTERM, _interrupt)
     app()

@@ -83,14 +83,14 @@ def _make_model(options: DemoOptions) -> tuple[Any, str, bool]:
 
 
 def _make_session(options: DemoOptions) -> tuple[Any, str]:
-    from .. import SQLAlchemySession, SQLiteSession
+    from .. import SQLAlchemySession, SQLiteSession, urls
 
     try:
         if options.url:
             session = SQLAlchemySession.from_url(
                 options.session_id, url=options.url, create_tables=True
             )
-            where = session.engine.url.render_as_string(hide_password=True)
+            where = urls.shown(session.engine.url)
             return session, where
         return SQLiteSession(options.session_id, DEFAULT_DB), os.path.abspath(DEFAULT_DB)
     except (TypeError, ValueError, ImportError) as exc:

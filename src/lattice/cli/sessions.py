@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -29,10 +28,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 
 from ..store import SessionStore
 from ..store_query import SessionInfo
+from ._common import EXIT_USAGE, err_console, fail, out_console, usable_url
 
 __all__ = ["parse_duration", "register"]
 
@@ -44,8 +45,9 @@ app = typer.Typer(
     help="Inspect and manage stored sessions: list, show, export, import, delete, purge, copy.",
     no_args_is_help=True,
 )
-_out = Console(highlight=False, soft_wrap=True)
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Ids, metadata, items and error texts are user data: printed literally.
+_out = out_console
+_err = err_console
 
 _URL = typer.Option(
     None,
@@ -82,7 +84,12 @@ def parse_duration(text: str) -> dt.timedelta:
         raise typer.BadParameter(
             f"{text!r} is not a duration; use a number and a unit: 45s, 90m, 12h, 30d, 2w"
         )
-    return dt.timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    try:
+        age = dt.timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+        dt.datetime.now(dt.timezone.utc) - age  # the cutoff must be a representable time
+    except OverflowError:
+        raise typer.BadParameter(f"{text!r} reaches back before the year 1") from None
+    return age
 
 
 def _parse_time(text: str | None, option: str) -> dt.datetime | None:
@@ -119,9 +126,7 @@ def _check_policy(on_conflict: str) -> None:
         )
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    _err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-    return typer.Exit(code)
+_fail = fail
 
 
 def _database_error(exc: DBAPIError) -> str:
@@ -133,8 +138,7 @@ def _database_error(exc: DBAPIError) -> str:
 
 def _run(url: str | None, work: Callable[[SessionStore], Awaitable[_T]]) -> _T:
     """Open a store on ``url``, run ``work`` on it, close it; turn failures into exit codes."""
-    if not url:
-        raise typer.BadParameter(f"give --url or set {URL_ENV_VAR}", param_hint="--url")
+    url = usable_url(url, env_var=URL_ENV_VAR, exists=True)
 
     async def main() -> _T:
         async with SessionStore.from_url(url) as store:
@@ -146,8 +150,8 @@ def _run(url: str | None, work: Callable[[SessionStore], Awaitable[_T]]) -> _T:
         raise
     except (ValueError, TypeError) as exc:
         raise _fail(str(exc)) from None
-    except ImportError as exc:
-        raise _fail(str(exc)) from None
+    except ImportError as exc:  # the URL's driver is not installed
+        raise _fail(str(exc), EXIT_USAGE) from None
     except DBAPIError as exc:
         raise _fail(_database_error(exc)) from None
     except OSError as exc:
@@ -267,9 +271,9 @@ def show_command(
     _out.print(table)
     if latest:
         shown = f"latest {len(latest)} of {info.item_count}"
-        _out.print(f"\n[bold]items[/bold] ({shown}, oldest first)")
+        _out.print(Text.assemble("\n", ("items", "bold"), f" ({shown}, oldest first)"))
         for item in latest:
-            _out.print(json.dumps(item, ensure_ascii=False), markup=False)
+            _out.print(json.dumps(item, ensure_ascii=False))
 
 
 @app.command("export")
@@ -423,6 +427,7 @@ def copy_command(
 ) -> None:
     """Copy sessions to another database (for example SQLite to PostgreSQL)."""
     _check_policy(on_conflict)
+    to = usable_url(to, env_var=URL_ENV_VAR, option="--to", exists=not create_tables)
 
     async def work(store: SessionStore) -> Any:
         _sessions, total = await store.totals(prefix=prefix, owner=owner)
