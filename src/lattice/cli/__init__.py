@@ -16,6 +16,8 @@ app = typer.Typer(
     help="Lattice: durable conversation memory for AI agents.",
     no_args_is_help=True,
     add_completion=False,
+    # Plain help: rich help showed "<bool>" as the value of every flag.
+    rich_markup_mode=None,
 )
 
 

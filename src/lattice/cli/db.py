@@ -36,12 +36,17 @@ _URL_HELP = (
     "Database URL, as the application uses it (e.g. postgresql+asyncpg://user@host/db); "
     f"default: ${migrations.URL_ENV_VAR}."
 )
-URL_OPTION: Any = typer.Option(None, "--url", envvar=migrations.URL_ENV_VAR, help=_URL_HELP)
+URL_OPTION: Any = typer.Option(
+    None, "--url", metavar="URL", envvar=migrations.URL_ENV_VAR, help=_URL_HELP
+)
 SQL_OPTION: Any = typer.Option(
     False, "--sql", help="Print the SQL instead of running it (offline; no connection is made)."
 )
 FROM_OPTION: Any = typer.Option(
-    None, "--from", help="With --sql: the revision the database is at (default: empty database)."
+    None,
+    "--from",
+    metavar="REVISION",
+    help="With --sql: the revision the database is at (default: empty database).",
 )
 
 
@@ -129,7 +134,9 @@ def _confirm_downgrade(url: str, revision: str) -> None:
 
 @db_app.command()
 def upgrade(
-    revision: str = typer.Argument("head", help="Target revision (default: head)."),
+    revision: str = typer.Argument(
+        "head", metavar="REVISION", help="Target revision (default: head)."
+    ),
     url: str | None = URL_OPTION,
     sql: bool = SQL_OPTION,
     from_revision: str | None = FROM_OPTION,
@@ -144,7 +151,9 @@ def upgrade(
 
 @db_app.command()
 def downgrade(
-    revision: str = typer.Argument(..., help="Target revision; 'base' removes Lattice's tables."),
+    revision: str = typer.Argument(
+        ..., metavar="REVISION", help="Target revision; 'base' removes Lattice's tables."
+    ),
     url: str | None = URL_OPTION,
     sql: bool = SQL_OPTION,
     from_revision: str | None = FROM_OPTION,
@@ -169,6 +178,7 @@ def history(
     url: str | None = typer.Option(
         None,
         "--url",
+        metavar="URL",
         envvar=migrations.URL_ENV_VAR,
         help="Also mark the database's current revision (optional).",
         show_default=False,
@@ -187,7 +197,7 @@ def history(
 
 @db_app.command()
 def stamp(
-    revision: str = typer.Argument(..., help="The revision the tables are at."),
+    revision: str = typer.Argument(..., metavar="REVISION", help="The revision the tables are at."),
     url: str | None = URL_OPTION,
 ) -> None:
     """Record REVISION as the database's revision without changing any table."""

@@ -52,17 +52,24 @@ _err = err_console
 _URL = typer.Option(
     None,
     "--url",
+    metavar="URL",
     envvar=URL_ENV_VAR,
     help=f"Database URL (default: ${URL_ENV_VAR}).",
     show_default=False,
 )
 _JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
-_PREFIX = typer.Option(None, "--prefix", help="Only session ids starting with this text.")
-_OWNER = typer.Option(None, "--owner", help='Only sessions whose metadata "owner" is this.')
+_PREFIX = typer.Option(
+    None, "--prefix", metavar="TEXT", help="Only session ids starting with this text."
+)
+_OWNER = typer.Option(
+    None, "--owner", metavar="OWNER", help='Only sessions whose metadata "owner" is this.'
+)
 _YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 _ON_CONFLICT_HELP = "For a session that already exists: skip it, replace it, or append to it."
-_META = typer.Option(None, "--meta", help="Only sessions with metadata KEY=VALUE (repeatable).")
-_IDS = typer.Argument(None, help="Session ids to delete.")
+_META = typer.Option(
+    None, "--meta", metavar="KEY=VALUE", help="Only sessions with metadata KEY=VALUE (repeatable)."
+)
+_IDS = typer.Argument(None, metavar="SESSION_ID...", help="Session ids to delete.")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -211,10 +218,18 @@ def list_command(
     prefix: str | None = _PREFIX,
     owner: str | None = _OWNER,
     meta: list[str] | None = _META,
-    after: str | None = typer.Option(None, "--after", help="Last active after (ISO 8601)."),
-    before: str | None = typer.Option(None, "--before", help="Last active before (ISO 8601)."),
-    limit: int = typer.Option(50, "--limit", min=1, max=1000, help="Sessions per page."),
-    cursor: str | None = typer.Option(None, "--cursor", help="Continue from a previous page."),
+    after: str | None = typer.Option(
+        None, "--after", metavar="WHEN", help="Last active after (ISO 8601)."
+    ),
+    before: str | None = typer.Option(
+        None, "--before", metavar="WHEN", help="Last active before (ISO 8601)."
+    ),
+    limit: int = typer.Option(
+        50, "--limit", metavar="N", min=1, max=1000, help="Sessions per page."
+    ),
+    cursor: str | None = typer.Option(
+        None, "--cursor", metavar="CURSOR", help="Continue from a previous page."
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """List sessions, newest activity first, a page at a time."""
@@ -241,9 +256,11 @@ def list_command(
 
 @app.command("show")
 def show_command(
-    session_id: str = typer.Argument(..., help="The session id."),
+    session_id: str = typer.Argument(..., metavar="SESSION_ID", help="The session id."),
     url: str | None = _URL,
-    items: int = typer.Option(20, "--items", min=0, help="How many of the latest items."),
+    items: int = typer.Option(
+        20, "--items", metavar="N", min=0, help="How many of the latest items."
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """Show one session: its catalogue row and its latest items."""
@@ -278,7 +295,9 @@ def show_command(
 
 @app.command("export")
 def export_command(
-    output: str = typer.Argument("-", help="File to write, or - for standard output."),
+    output: str = typer.Argument(
+        "-", metavar="FILE", help="File to write, or - for standard output."
+    ),
     url: str | None = _URL,
     prefix: str | None = _PREFIX,
     owner: str | None = _OWNER,
@@ -303,8 +322,12 @@ def export_command(
 
 @app.command("import")
 def import_command(
-    source: str = typer.Argument(..., help="A file written by `lattice sessions export`."),
-    on_conflict: str = typer.Option(..., "--on-conflict", help=_ON_CONFLICT_HELP),
+    source: str = typer.Argument(
+        ..., metavar="FILE", help="A file written by `lattice sessions export`."
+    ),
+    on_conflict: str = typer.Option(
+        ..., "--on-conflict", metavar="skip|replace|append", help=_ON_CONFLICT_HELP
+    ),
     url: str | None = _URL,
     as_json: bool = _JSON,
 ) -> None:
@@ -383,7 +406,10 @@ def _report_deleted(counts: dict[str, int], as_json: bool) -> None:
 @app.command("purge")
 def purge_command(
     older_than: str = typer.Option(
-        ..., "--older-than", help="Idle for longer than this: 45s, 90m, 12h, 30d, 2w."
+        ...,
+        "--older-than",
+        metavar="AGE",
+        help="Idle for longer than this: 45s, 90m, 12h, 30d, 2w.",
     ),
     url: str | None = _URL,
     dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would go."),
@@ -415,9 +441,11 @@ def purge_command(
 
 @app.command("copy")
 def copy_command(
-    to: str = typer.Option(..., "--to", help="URL of the database to copy into."),
+    to: str = typer.Option(..., "--to", metavar="URL", help="URL of the database to copy into."),
     url: str | None = _URL,
-    on_conflict: str = typer.Option("skip", "--on-conflict", help=_ON_CONFLICT_HELP),
+    on_conflict: str = typer.Option(
+        "skip", "--on-conflict", metavar="skip|replace|append", help=_ON_CONFLICT_HELP
+    ),
     prefix: str | None = _PREFIX,
     owner: str | None = _OWNER,
     create_tables: bool = typer.Option(
