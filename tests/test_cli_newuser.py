@@ -345,3 +345,19 @@ def test_help_shows_no_bool_metavar() -> None:
     for path, _command in _commands(typer.main.get_command(app), []):
         result = run(*path, "--help")
         assert result.exit_code == 0 and "<bool>" not in result.output, path
+
+
+# -- 8. errors that say what to run -----------------------------------------------
+
+
+async def test_schema_errors_name_the_upgrade(fresh_url: str) -> None:
+    async with SessionStore.from_url(fresh_url, create_tables=True) as store:
+        await store.session("s").add_items([{"n": 1}])
+    check = await lattice("db", "check", "--url", fresh_url)
+    assert_clean_error(check, 3, "exist without a Lattice revision", "lattice db upgrade")
+
+
+async def test_list_on_an_older_schema_names_the_upgrade(fresh_url: str) -> None:
+    assert (await lattice("db", "upgrade", "0002", "--url", fresh_url)).exit_code == 0
+    listed = await lattice("sessions", "list", "--url", fresh_url)
+    assert_clean_error(listed, 1, "run `lattice db upgrade`")

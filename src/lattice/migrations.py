@@ -36,6 +36,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
+from sqlalchemy import inspect
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -272,6 +273,17 @@ async def history() -> list[Revision]:
     ]
 
 
+async def _unversioned_tables(target: Target) -> list[str]:
+    """Lattice's default tables present in a database that has no Lattice revision."""
+    async with _connection(target) as conn:
+
+        def present(sync_conn: Connection) -> list[str]:
+            inspector = inspect(sync_conn)
+            return sorted(name for name in LATTICE_TABLES if inspector.has_table(name))
+
+        return await conn.run_sync(present)
+
+
 async def check(target: Target) -> str:
     """Return the database's revision if it is the newest; raise otherwise.
 
@@ -293,6 +305,13 @@ async def check(target: Target) -> str:
             "know: a newer Lattice migrated it; upgrade the lattice-sessions package"
         )
     shown = at or "none"
+    if at is None:
+        present = await _unversioned_tables(target)
+        if present:
+            shown = (
+                f"none: {', '.join(present)} exist without a Lattice revision (made by "
+                "create_tables=True or the Agents SDK; the upgrade adopts them in place)"
+            )
     raise SchemaBehindError(
         f"the database's Lattice schema is at revision {shown}, behind {head}: "
         "run `lattice db upgrade` (or `await lattice.migrations.upgrade(url)`)",

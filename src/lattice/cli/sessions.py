@@ -138,8 +138,11 @@ _fail = fail
 
 def _database_error(exc: DBAPIError) -> str:
     reason = str(exc.orig or exc).strip().splitlines()[0]
-    if re.search(r"no such table|does not exist|doesn't exist", reason, re.IGNORECASE):
+    if re.search(r"no such table|relation .* does not exist|doesn't exist", reason, re.I):
         return f"{reason}; create the tables with `lattice db upgrade`"
+    if re.search(r"no such column|column .* does not exist|unknown column", reason, re.I):
+        # Tables of an older schema (or of the Agents SDK): a migration is due.
+        return f"{reason}; the schema is behind this Lattice: run `lattice db upgrade`"
     return f"database error: {reason}"
 
 
