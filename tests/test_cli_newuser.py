@@ -7,6 +7,7 @@ script in a subprocess) against real databases.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import signal
 import ssl
@@ -25,6 +26,7 @@ from typer.testing import CliRunner
 
 from lattice import SessionStore, migrations, urls
 from lattice.cli import app
+from lattice.cli._transfer import import_source
 
 from .conftest import MYSQL_URL, POSTGRES_URL
 
@@ -361,3 +363,96 @@ async def test_list_on_an_older_schema_names_the_upgrade(fresh_url: str) -> None
     assert (await lattice("db", "upgrade", "0002", "--url", fresh_url)).exit_code == 0
     listed = await lattice("sessions", "list", "--url", fresh_url)
     assert_clean_error(listed, 1, "run `lattice db upgrade`")
+
+
+# -- 9. import from standard input and gzip; filters on export and copy ----------
+
+
+async def _two_owners(url: str) -> None:
+    async with SessionStore.from_url(url, create_tables=True) as store:
+        for sid, owner, tier in [("a1", "ann", "pro"), ("a2", "ann", "free"), ("b1", "bob", "pro")]:
+            await store.session(sid).add_items([{"n": 1}, {"n": 2}])
+            await store.set_metadata(sid, {"owner": owner, "tier": tier})
+
+
+async def test_import_reads_stdin_and_gzip(fresh_url: str, tmp_path: Path) -> None:
+    await _two_owners(fresh_url)
+    dump = tmp_path / "dump.jsonl"
+    assert (await lattice("sessions", "export", str(dump), "--url", fresh_url)).exit_code == 0
+    text_dump = dump.read_text(encoding="utf-8")
+    packed = tmp_path / "dump.jsonl.gz"
+    packed.write_bytes(gzip.compress(dump.read_bytes()))
+
+    for n, (source, stdin) in enumerate([("-", text_dump), (str(packed), None)]):
+        target = f"sqlite+aiosqlite:///{tmp_path / f'target{n}.db'}"
+        async with SessionStore.from_url(target, create_tables=True) as store:
+            await store.count()
+        args = ["sessions", "import", source, "--url", target, "--on-conflict", "skip", "--json"]
+        result = await lattice(*args, stdin=stdin)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["created"] == 3 and json.loads(result.stdout)["items"] == 6
+
+    with import_source(str(packed)) as (_handle, total):
+        assert total == 6  # the progress bar's total, from the file's end line
+
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(gzip.compress(dump.read_bytes())[:40])
+    result = await lattice(
+        "sessions", "import", str(broken), "--url", fresh_url, "--on-conflict", "skip"
+    )
+    assert_clean_error(result, 1, "a damaged gzip file")
+    # The library names the problem too, not the codec.
+    async with SessionStore.from_url(fresh_url) as store:
+        with pytest.raises(ValueError, match="not a Lattice export: line 1 is not UTF-8"):
+            await store.import_jsonl(packed, on_conflict="skip")
+
+
+async def test_export_and_copy_take_the_list_filters(fresh_url: str, tmp_path: Path) -> None:
+    await _two_owners(fresh_url)
+    dump = tmp_path / "pro.jsonl"
+    result = await lattice(
+        "sessions", "export", str(dump), "--url", fresh_url, "--meta", "tier=pro", "--json"
+    )
+    assert result.exit_code == 0 and json.loads(result.stdout)["sessions"] == 2
+    sessions = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert sorted(r["session_id"] for r in sessions if r.get("type") == "session") == ["a1", "b1"]
+    none = await lattice(
+        "sessions", "export", "-", "--url", fresh_url, "--after", "2999-01-01", "--json"
+    )
+    assert none.exit_code == 0 and '"type": "session"' not in none.stdout
+
+    target = f"sqlite+aiosqlite:///{tmp_path / 'copy.db'}"
+    copied = await lattice(
+        "sessions", "copy", "--url", fresh_url, "--to", target, "--create-tables",
+        "--meta", "tier=pro", "--owner", "bob", "--before", "2999-01-01", "--json",
+    )  # fmt: skip
+    assert copied.exit_code == 0, copied.output
+    assert json.loads(copied.stdout)["created"] == 1
+
+
+# -- 10. copy: which side failed; never onto its own database --------------------
+
+
+async def test_copy_names_the_failing_side_and_refuses_its_own_database(
+    fresh_url: str, tmp_path: Path
+) -> None:
+    await _two_owners(fresh_url)
+    for to in (fresh_url, fresh_url.replace("127.0.0.1", "localhost")):
+        result = await lattice(
+            "sessions", "copy", "--url", fresh_url, "--to", to, "--on-conflict", "append"
+        )
+        assert_clean_error(result, 2, "the source (--url) and the target are the same database")
+    async with SessionStore.from_url(fresh_url) as store:
+        assert (await store.totals()) == (3, 6)  # nothing doubled
+
+    empty = tmp_path / "empty.db"
+    empty.touch()  # a database without tables, as a target ...
+    empty_url = f"sqlite+aiosqlite:///{empty}"
+    result = await lattice("sessions", "copy", "--url", fresh_url, "--to", empty_url)
+    assert_clean_error(result, 1, "the target (--to):", "lattice db upgrade")
+    # ... and as a source.
+    result = await lattice("sessions", "copy", "--url", empty_url, "--to", fresh_url)
+    assert_clean_error(result, 1, "the source (--url):", "lattice db upgrade")
+    unreachable = "postgresql://nobody@127.0.0.1:1/nothing"
+    result = await lattice("sessions", "copy", "--url", fresh_url, "--to", unreachable)
+    assert_clean_error(result, 1, "the target (--to):")

@@ -595,19 +595,19 @@ class SessionStore:
         self,
         destination: str | Path | IO[str],
         *,
-        prefix: str | None = None,
-        owner: str | None = None,
         progress: Progress | None = None,
+        **filters: Unpack[FilterArgs],
     ) -> ExportResult:
         """Write sessions, their metadata and items as JSON Lines (see ``docs/store.md``).
 
         Streams in bounded memory: sessions are read by keyset a chunk at a
         time and each session's items through a server-side cursor.
         ``progress`` is called with the number of items each step wrote.
+        The filters are those of :meth:`list_sessions`.
         """
         from .store_export import export_jsonl
 
-        return await export_jsonl(self, destination, prefix=prefix, owner=owner, progress=progress)
+        return await export_jsonl(self, destination, filters, progress=progress)
 
     async def import_jsonl(
         self,
@@ -636,17 +636,17 @@ class SessionStore:
         other: SessionStore,
         *,
         on_conflict: str,
-        prefix: str | None = None,
-        owner: str | None = None,
         progress: Progress | None = None,
+        **filters: Unpack[FilterArgs],
     ) -> ImportResult:
         """Copy sessions (items in order, timestamps, metadata) into ``other``.
 
         The same stream as an export followed by an import, with no file in
-        between; ``on_conflict`` is that of :meth:`import_jsonl`.
+        between; ``on_conflict`` is that of :meth:`import_jsonl`, the filters
+        those of :meth:`list_sessions`.
         """
         from .store_export import copy_sessions
 
         return await copy_sessions(
-            self, other, on_conflict=on_conflict, prefix=prefix, owner=owner, progress=progress
+            self, other, filters, on_conflict=on_conflict, progress=progress
         )

@@ -43,6 +43,7 @@ from .schema import utc_now
 from .sqlalchemy_session import check_session_id
 from .store_query import (
     ExportResult,
+    FilterArgs,
     Filters,
     ImportResult,
     SessionInfo,
@@ -292,8 +293,14 @@ class _Parser:
 def _check_file(handle: IO[str], max_item_bytes: int) -> tuple[int, int]:
     """Parse the whole file (in a worker thread); return ``(sessions, items)``."""
     parser = _Parser(max_item_bytes)
-    for line in handle:
-        parser.feed(line)
+    try:
+        for line in handle:
+            parser.feed(line)
+    except UnicodeDecodeError:  # a gzip file, say: name the problem, not the codec
+        raise FormatError(
+            f"not a Lattice export: line {parser.lineno + 1} is not UTF-8 text "
+            "(a compressed file? decompress it first)"
+        ) from None
     parser.finish()
     return parser.sessions, parser.items
 
@@ -466,9 +473,8 @@ def _finish_file(partial: Path, final: Path, ok: bool) -> None:
 async def export_jsonl(
     store: SessionStore,
     destination: str | Path | IO[str],
+    filter_args: FilterArgs,
     *,
-    prefix: str | None,
-    owner: str | None,
     progress: Progress | None,
 ) -> ExportResult:
     """See :meth:`lattice.SessionStore.export_jsonl`.
@@ -476,7 +482,7 @@ async def export_jsonl(
     A path is written as ``<path>.partial`` and renamed when complete, so a
     failed export never leaves a file that looks whole.
     """
-    filters = Filters.make(prefix=prefix, owner=owner)
+    filters = Filters.make(**filter_args)
     if isinstance(destination, (str, Path)):
         final = Path(destination)
         partial = final.with_name(final.name + ".partial")
@@ -555,10 +561,9 @@ async def _import(
 async def copy_sessions(
     source: SessionStore,
     target: SessionStore,
+    filter_args: FilterArgs,
     *,
     on_conflict: str,
-    prefix: str | None,
-    owner: str | None,
     progress: Progress | None,
 ) -> ImportResult:
     """See :meth:`lattice.SessionStore.copy_to`."""
@@ -567,5 +572,5 @@ async def copy_sessions(
         source.tables is target.tables or isinstance(source.engine.sync_engine.pool, StaticPool)
     ):
         raise ValueError("copy_to needs another store: a different database or other tables")
-    filters = Filters.make(prefix=prefix, owner=owner)
+    filters = Filters.make(**filter_args)
     return await _Writer(target, on_conflict, progress).run(_db_records(source, filters))

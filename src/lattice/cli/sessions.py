@@ -34,6 +34,7 @@ from sqlalchemy.exc import DBAPIError
 from ..store import SessionStore
 from ..store_query import SessionInfo
 from ._common import EXIT_USAGE, err_console, fail, out_console, usable_url
+from ._transfer import SideError, import_source, on_side, same_database
 
 __all__ = ["parse_duration", "register"]
 
@@ -69,6 +70,8 @@ _ON_CONFLICT_HELP = "For a session that already exists: skip it, replace it, or 
 _META = typer.Option(
     None, "--meta", metavar="KEY=VALUE", help="Only sessions with metadata KEY=VALUE (repeatable)."
 )
+_AFTER = typer.Option(None, "--after", metavar="WHEN", help="Last active after (ISO 8601).")
+_BEFORE = typer.Option(None, "--before", metavar="WHEN", help="Last active before (ISO 8601).")
 _IDS = typer.Argument(None, metavar="SESSION_ID...", help="Session ids to delete.")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -126,6 +129,23 @@ def _parse_meta(pairs: list[str] | None) -> dict[str, Any] | None:
     return metadata
 
 
+def _filters(
+    prefix: str | None,
+    owner: str | None,
+    meta: list[str] | None,
+    after: str | None,
+    before: str | None,
+) -> dict[str, Any]:
+    """The store's filter keywords from the shared command-line options."""
+    return {
+        "prefix": prefix,
+        "owner": owner,
+        "metadata": _parse_meta(meta),
+        "updated_after": _parse_time(after, "--after"),
+        "updated_before": _parse_time(before, "--before"),
+    }
+
+
 def _check_policy(on_conflict: str) -> None:
     if on_conflict not in ("skip", "replace", "append"):
         raise typer.BadParameter(
@@ -164,6 +184,10 @@ def _run(url: str | None, work: Callable[[SessionStore], Awaitable[_T]]) -> _T:
         raise _fail(str(exc), EXIT_USAGE) from None
     except DBAPIError as exc:
         raise _fail(_database_error(exc)) from None
+    except SideError as exc:
+        cause = exc.cause
+        reason = _database_error(cause) if isinstance(cause, DBAPIError) else str(cause)
+        raise _fail(f"{exc.side}: {reason}") from None
     except OSError as exc:
         raise _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
 
@@ -221,12 +245,8 @@ def list_command(
     prefix: str | None = _PREFIX,
     owner: str | None = _OWNER,
     meta: list[str] | None = _META,
-    after: str | None = typer.Option(
-        None, "--after", metavar="WHEN", help="Last active after (ISO 8601)."
-    ),
-    before: str | None = typer.Option(
-        None, "--before", metavar="WHEN", help="Last active before (ISO 8601)."
-    ),
+    after: str | None = _AFTER,
+    before: str | None = _BEFORE,
     limit: int = typer.Option(
         50, "--limit", metavar="N", min=1, max=1000, help="Sessions per page."
     ),
@@ -236,13 +256,7 @@ def list_command(
     as_json: bool = _JSON,
 ) -> None:
     """List sessions, newest activity first, a page at a time."""
-    filters: dict[str, Any] = {
-        "prefix": prefix,
-        "owner": owner,
-        "metadata": _parse_meta(meta),
-        "updated_after": _parse_time(after, "--after"),
-        "updated_before": _parse_time(before, "--before"),
-    }
+    filters = _filters(prefix, owner, meta, after, before)
     page = _run(url, lambda store: store.list_sessions(limit=limit, cursor=cursor, **filters))
     if as_json:
         _print_json(
@@ -304,15 +318,19 @@ def export_command(
     url: str | None = _URL,
     prefix: str | None = _PREFIX,
     owner: str | None = _OWNER,
+    meta: list[str] | None = _META,
+    after: str | None = _AFTER,
+    before: str | None = _BEFORE,
     as_json: bool = _JSON,
 ) -> None:
     """Export sessions as JSON Lines (format version 1; see docs/store.md)."""
+    filters = _filters(prefix, owner, meta, after, before)
 
     async def work(store: SessionStore) -> Any:
-        _sessions, total = await store.totals(prefix=prefix, owner=owner)
+        _sessions, total = await store.totals(**filters)
         with _progress("exporting items", total) as step:
             target: Any = sys.stdout if output == "-" else output
-            return await store.export_jsonl(target, prefix=prefix, owner=owner, progress=step)
+            return await store.export_jsonl(target, progress=step, **filters)
 
     result = _run(url, work)
     summary = {"sessions": result.sessions, "items": result.items}
@@ -326,7 +344,9 @@ def export_command(
 @app.command("import")
 def import_command(
     source: str = typer.Argument(
-        ..., metavar="FILE", help="A file written by `lattice sessions export`."
+        ...,
+        metavar="FILE",
+        help="A file written by `lattice sessions export` (gzip too), or - for standard input.",
     ),
     on_conflict: str = typer.Option(
         ..., "--on-conflict", metavar="skip|replace|append", help=_ON_CONFLICT_HELP
@@ -338,8 +358,8 @@ def import_command(
     _check_policy(on_conflict)
 
     async def work(store: SessionStore) -> Any:
-        with _progress("importing items", None) as step:
-            return await store.import_jsonl(source, on_conflict=on_conflict, progress=step)
+        with import_source(source) as (handle, total), _progress("importing items", total) as step:
+            return await store.import_jsonl(handle, on_conflict=on_conflict, progress=step)
 
     result = _run(url, work)
     _report_import(result.to_dict(), as_json)
@@ -451,6 +471,9 @@ def copy_command(
     ),
     prefix: str | None = _PREFIX,
     owner: str | None = _OWNER,
+    meta: list[str] | None = _META,
+    after: str | None = _AFTER,
+    before: str | None = _BEFORE,
     create_tables: bool = typer.Option(
         False, "--create-tables", help="Create the tables in the target if missing."
     ),
@@ -459,13 +482,21 @@ def copy_command(
     """Copy sessions to another database (for example SQLite to PostgreSQL)."""
     _check_policy(on_conflict)
     to = usable_url(to, env_var=URL_ENV_VAR, option="--to", exists=not create_tables)
+    filters = _filters(prefix, owner, meta, after, before)
+    if url and same_database(url, to):
+        # Two engines on one database: the store cannot tell, and "append"
+        # would double every session ("skip" and "replace" do nothing useful).
+        raise typer.BadParameter("the source (--url) and the target are the same database")
 
     async def work(store: SessionStore) -> Any:
-        _sessions, total = await store.totals(prefix=prefix, owner=owner)
+        async with on_side("the source (--url)"):
+            _sessions, total = await store.totals(**filters)
         async with SessionStore.from_url(to, create_tables=create_tables) as target:
+            async with on_side("the target (--to)"):
+                await target.count()  # reachable, and its tables exist (or were created)
             with _progress("copying items", total) as step:
                 return await store.copy_to(
-                    target, on_conflict=on_conflict, prefix=prefix, owner=owner, progress=step
+                    target, on_conflict=on_conflict, progress=step, **filters
                 )
 
     result = _run(url, work)
