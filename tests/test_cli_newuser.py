@@ -24,7 +24,7 @@ from click.testing import Result
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from lattice import SessionStore, migrations, urls
+from lattice import SessionStore, SQLAlchemySession, migrations, urls
 from lattice.cli import app
 from lattice.cli._transfer import import_source
 
@@ -456,3 +456,38 @@ async def test_copy_names_the_failing_side_and_refuses_its_own_database(
     unreachable = "postgresql://nobody@127.0.0.1:1/nothing"
     result = await lattice("sessions", "copy", "--url", fresh_url, "--to", unreachable)
     assert_clean_error(result, 1, "the target (--to):")
+
+
+# -- 11. a forgotten dispose_engines() is harmless ---------------------------------
+
+FORGETFUL_SCRIPT = """
+import asyncio, sys
+from lattice import SQLAlchemySession
+
+async def main():
+    session = SQLAlchemySession.from_url("s", url=sys.argv[1], create_tables=True)
+    await session.add_items([{"n": 1}])
+    print(len(await session.get_items()))
+
+asyncio.run(main())   # no dispose_engines()
+"""
+
+
+def test_forgotten_dispose_is_done_when_the_loop_ends(fresh_url: str, tmp_path: Path) -> None:
+    engines = []
+
+    async def main() -> None:
+        session = SQLAlchemySession.from_url("s", url=fresh_url, create_tables=True)
+        await session.add_items([{"n": 1}])
+        engines.append(session.engine)
+
+    asyncio.run(main())
+    assert engines[0].sync_engine.pool.checkedin() == 0, "the loop's engine kept connections"
+
+    script = tmp_path / "forgetful.py"
+    script.write_text(FORGETFUL_SCRIPT, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script), fresh_url], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout == "2\n", done.stderr
+    assert done.stderr == "", done.stderr  # no "Exception ignored ... Event loop is closed"

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from . import urls
+from ._loop_end import dispose_at_loop_end
 
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
@@ -202,6 +203,8 @@ def shared_engine(
     engine = engines.get(key)
     if engine is None:
         engine = engines[key] = make_engine(normalize_url(url), **kwargs)
+        if loop is not None:  # a forgotten dispose_engines() is done at the loop's end
+            dispose_at_loop_end(loop, lambda ended: list(_SHARED.pop(ended, {}).values()))
     return engine
 
 
