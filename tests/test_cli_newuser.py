@@ -278,6 +278,7 @@ def test_read_only_commands_do_not_create_a_file(tmp_path: Path) -> None:
         ["db", "history"],
         ["db", "stamp", "head"],
         ["db", "downgrade", "base", "--yes"],
+        ["db", "repair-counts", "--check"],
         ["sessions", "list"],
         ["sessions", "show", "x"],
         ["sessions", "export", str(tmp_path / "out.jsonl")],
@@ -491,3 +492,39 @@ def test_forgotten_dispose_is_done_when_the_loop_ends(fresh_url: str, tmp_path: 
     )
     assert done.returncode == 0 and done.stdout == "2\n", done.stderr
     assert done.stderr == "", done.stderr  # no "Exception ignored ... Event loop is closed"
+
+
+# -- 13. SDK writers after the upgrade: detect and repair item_count --------------
+
+
+async def test_repair_counts_after_sdk_writers(fresh_url: str) -> None:
+    from agents.extensions.memory import SQLAlchemySession as SDKSession
+
+    assert (await lattice("db", "upgrade", "--url", fresh_url)).exit_code == 0
+    async with SessionStore.from_url(fresh_url) as store:
+        await store.session("both").add_items([{"n": n} for n in range(3)])
+        await store.session("[bold]lattice-only").add_items([{"n": 1}])
+        # An SDK writer of the old deployment, still running on the upgraded tables.
+        sdk_both = SDKSession("both", engine=store.engine)
+        await sdk_both.add_items([{"sdk": 1}, {"sdk": 2}])
+        sdk_only = SDKSession("sdk-only", engine=store.engine)
+        await sdk_only.add_items([{"sdk": n} for n in range(4)])
+        assert await sdk_only.pop_item() == {"sdk": 3}
+
+        check = await lattice("db", "repair-counts", "--check", "--url", fresh_url)
+        assert_clean_error(check, 3, "2 sessions had a wrong item_count", "'both': item_count 3")
+        assert "lattice-only" not in check.output
+        assert (await store.get_info("both")).item_count == 3  # --check wrote nothing
+
+        repaired = await lattice("db", "repair-counts", "--url", fresh_url)
+        assert repaired.exit_code == 0 and "recounted 2" in repaired.output, repaired.output
+        assert (await store.get_info("both")).item_count == 5
+        assert (await store.get_info("sdk-only")).item_count == 3
+        assert (await store.get_info("[bold]lattice-only")).item_count == 1
+        assert await store.session("both").get_items() == [
+            *({"n": n} for n in range(3)),
+            {"sdk": 1},
+            {"sdk": 2},
+        ]
+    again = await lattice("db", "repair-counts", "--check", "--url", fresh_url)
+    assert again.exit_code == 0 and "right" in again.output

@@ -4,7 +4,7 @@ Exit codes: 0 success; 1 the command failed (database unreachable, wrong
 credentials, unknown revision, a migration error, no SQLite file at the path
 of a command that only reads, a declined prompt); 2 usage (no URL, a URL
 Lattice cannot use, its driver not installed); 3 ``check`` found the schema
-behind this version of Lattice.
+behind this version of Lattice, or ``repair-counts --check`` wrong counts.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import migrations, urls
+from .. import maintenance, migrations, urls
 from ._common import EXIT_FAILED, EXIT_USAGE, fail, usable_url
 
 __all__ = ["EXIT_BEHIND", "EXIT_FAILED", "EXIT_USAGE", "db_app", "register"]
@@ -211,3 +211,31 @@ def check(url: str | None = URL_OPTION) -> None:
     """Exit 0 if the schema is up to date, 3 if it needs `lattice db upgrade`."""
     at = _run(migrations.check(_require_url(url, exists=True)))
     typer.echo(f"Up to date: revision {at}.")
+
+
+@db_app.command("repair-counts")
+def repair_counts(
+    url: str | None = URL_OPTION,
+    check_only: bool = typer.Option(
+        False, "--check", help="Only report; exit 3 when some session's count is wrong."
+    ),
+) -> None:
+    """Recount item_count where other writers (the Agents SDK's sessions) left it wrong.
+
+    During a rolling deploy after `lattice db upgrade`, SDK writers add and
+    remove items without updating the count Lattice keeps; the items are
+    intact. Run this once no SDK writer is left (see docs/deployment.md).
+    """
+    url = _require_url(url, exists=True)
+    found = _run(maintenance.count_drift(url, repair=not check_only))
+    if not found.sessions:
+        typer.echo("Every session's item_count is right.")
+        return
+    for session_id, stored, counted in found.sessions[:10]:
+        typer.echo(f"  {session_id!r}: item_count {stored}, items {counted}")
+    if len(found.sessions) > 10:
+        typer.echo(f"  ... and {len(found.sessions) - 10} more")
+    summary = f"{len(found.sessions)} sessions had a wrong item_count ({found.items_off} items off)"
+    if check_only:
+        _fail(f"{summary}: run `lattice db repair-counts`", EXIT_BEHIND)
+    typer.echo(f"{summary}; recounted {found.repaired}.")
