@@ -28,7 +28,7 @@ from lattice import SessionStore, SQLAlchemySession, migrations, urls
 from lattice.cli import app
 from lattice.cli._transfer import import_source
 
-from .conftest import MYSQL_URL, POSTGRES_URL
+from .conftest import MYSQL_URL, POSTGRES_URL, backend_url
 
 runner = CliRunner()
 LATTICE = Path(sys.executable).with_name("lattice")
@@ -528,3 +528,52 @@ async def test_repair_counts_after_sdk_writers(fresh_url: str) -> None:
         ]
     again = await lattice("db", "repair-counts", "--check", "--url", fresh_url)
     assert again.exit_code == 0 and "right" in again.output
+
+
+# -- 14. the documented application env.py: no side effects, an offline branch ----
+
+
+def test_documented_env_py_has_no_side_effects(
+    fresh_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    import alembic
+    from alembic import command
+
+    from .test_migrations_adopt import application_alembic
+
+    config = application_alembic(fresh_url, tmp_path, monkeypatch)
+    scripts = tmp_path / "app_migrations"
+    template = Path(alembic.__file__).parent / "templates" / "async" / "script.py.mako"
+    (scripts / "script.py.mako").write_text(template.read_text())
+
+    command.upgrade(config, "head", sql=True)  # offline: prints, connects to nothing
+    assert "app_notes" in capsys.readouterr().out
+    assert asyncio.run(migrations.current(fresh_url)) is None
+
+    command.upgrade(config, "head")
+    head = asyncio.run(migrations.history())[0].revision
+    assert asyncio.run(migrations.current(fresh_url)) == head
+    # Autogenerate after the upgrade: nothing to add, and Lattice's schema untouched.
+    assert run("db", "downgrade", "0002", "--url", fresh_url, "--yes").exit_code == 0
+    command.revision(config, message="nothing", autogenerate=True)
+    assert asyncio.run(migrations.current(fresh_url)) == "0002", "autogenerate upgraded Lattice"
+    written = [p for p in (scripts / "versions").glob("*.py") if "nothing" in p.name]
+    assert len(written) == 1 and "op.create_table" not in written[0].read_text()
+
+
+# -- nits --------------------------------------------------------------------------
+
+
+async def test_from_url_takes_engine_kwargs_the_same_way(backend: str, tmp_path: Path) -> None:
+    url = backend_url(backend, tmp_path)
+    # One option every pool takes (StaticPool has no size); nothing runs, nothing logs.
+    async with SessionStore.from_url(url, engine_kwargs={"echo": True}) as store:
+        assert store.engine.echo is True
+    async with SessionStore.from_url(url, echo=True) as store:
+        assert store.engine.echo is True
+    session = SQLAlchemySession.from_url("x", url=url, engine_kwargs={"echo": True})
+    assert session.engine.echo is True
+    import lattice
+
+    for name in ("SessionInfo", "SessionPage", "DeleteResult", "ExportResult", "ImportResult"):
+        assert getattr(lattice, name).__name__ == name

@@ -66,6 +66,7 @@ __all__ = [
     "downgrade_sql",
     "exclude_lattice_tables",
     "history",
+    "moves_schema",
     "script_location",
     "stamp",
     "upgrade",
@@ -122,6 +123,23 @@ def exclude_lattice_tables(name: str | None, type_: str, parent_names: Any) -> b
     if type_ == "table":
         return name not in LATTICE_TABLES and name != VERSION_TABLE
     return True
+
+
+def moves_schema(context: Any) -> bool:
+    """True when the application's Alembic command changes its schema.
+
+    For the application's own ``env.py``: run Lattice's upgrade only then
+    (``alembic upgrade``, ``downgrade``, ``stamp``), never as a side effect of
+    ``alembic revision --autogenerate``, ``check``, ``current`` or the
+    offline (``--sql``) mode. ``context`` is ``alembic.context``.
+    """
+    if context.is_offline_mode():
+        return False
+    # Alembic gives a destination revision to exactly the commands that move
+    # the schema (EnvironmentContext(..., destination_rev=...)); the configured
+    # MigrationContext carries those options. Call after context.configure().
+    opts: dict[str, Any] = getattr(context.get_context(), "opts", {})
+    return "destination_rev" in opts
 
 
 def _config(**attributes: Any) -> Config:

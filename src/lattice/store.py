@@ -155,17 +155,21 @@ class SessionStore:
         sessions_table: str = DEFAULT_SESSIONS_TABLE,
         messages_table: str = DEFAULT_MESSAGES_TABLE,
         max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
-        **engine_kwargs: Any,
+        engine_kwargs: dict[str, Any] | None = None,
+        **engine_options: Any,
     ) -> SessionStore:
         """Make a store on a new engine of its own for ``url``.
 
         The store owns that engine: :meth:`close` (or leaving ``async with``)
         disposes it. ``postgresql://``, ``mysql://`` and ``sqlite://`` URLs
-        are mapped to the async drivers; ``engine_kwargs`` go to
-        ``create_async_engine``.
+        are mapped to the async drivers. Options for ``create_async_engine``
+        go in ``engine_kwargs={...}``, as for ``SQLAlchemySession.from_url``,
+        or as keywords (``pool_size=5``).
         """
+        # Both spellings, so the two from_url methods take the same arguments.
+        options = {**(engine_kwargs or {}), **engine_options}
         store = cls(
-            engines.make_engine(url, **engine_kwargs),
+            engines.make_engine(url, **options),
             create_tables=create_tables,
             sessions_table=sessions_table,
             messages_table=messages_table,
