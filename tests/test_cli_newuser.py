@@ -577,3 +577,17 @@ async def test_from_url_takes_engine_kwargs_the_same_way(backend: str, tmp_path:
 
     for name in ("SessionInfo", "SessionPage", "DeleteResult", "ExportResult", "ImportResult"):
         assert getattr(lattice, name).__name__ == name
+
+
+async def test_cli_counts_missing_sessions_and_grammar(fresh_url: str) -> None:
+    async with SessionStore.from_url(fresh_url, create_tables=True) as store:
+        await store.session("one").add_items([{"n": 1}])
+        await store.session("two").add_items([{"n": 1}, {"n": 2}])
+        with pytest.raises(TypeError, match="item 0 is an int, but items must be dicts"):
+            await store.session("one").add_items([1])
+    shown = await lattice("sessions", "show", "nope", "--json", "--url", fresh_url)
+    assert shown.exit_code == 1 and shown.stdout == "null\n"
+    deleted = await lattice("sessions", "delete", "one", "nope", "--yes", "--url", fresh_url)
+    assert_clean_error(deleted, 1, "deleted 1 session, 1 item", "no session 'nope'")
+    dry = await lattice("sessions", "purge", "--older-than", "0s", "--dry-run", "--url", fresh_url)
+    assert dry.exit_code == 0 and "would delete 1 session, 2 items" in dry.output

@@ -47,6 +47,7 @@ from .store_query import (
     FilterArgs,
     Filters,
     ImportResult,
+    OnConflict,
     SessionInfo,
     decode_cursor,
     decode_metadata,
@@ -617,7 +618,7 @@ class SessionStore:
         self,
         source: str | Path | IO[str],
         *,
-        on_conflict: str,
+        on_conflict: OnConflict,
         progress: Progress | None = None,
     ) -> ImportResult:
         """Load a file written by :meth:`export_jsonl`.
@@ -639,7 +640,7 @@ class SessionStore:
         self,
         other: SessionStore,
         *,
-        on_conflict: str,
+        on_conflict: OnConflict,
         progress: Progress | None = None,
         **filters: Unpack[FilterArgs],
     ) -> ImportResult:
@@ -651,6 +652,4 @@ class SessionStore:
         """
         from .store_export import copy_sessions
 
-        return await copy_sessions(
-            self, other, filters, on_conflict=on_conflict, progress=progress
-        )
+        return await copy_sessions(self, other, filters, on_conflict=on_conflict, progress=progress)

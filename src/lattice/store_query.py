@@ -12,7 +12,7 @@ import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 from sqlalchemy import Dialect, and_, func, literal, or_
 from sqlalchemy.sql.expression import ColumnElement
@@ -27,12 +27,17 @@ __all__ = [
     "FilterArgs",
     "Filters",
     "ImportResult",
+    "OnConflict",
     "SessionInfo",
     "decode_cursor",
     "encode_cursor",
     "encode_metadata",
     "merge_patch",
 ]
+
+
+#: What an import or copy does with a session that already exists.
+OnConflict = Literal["skip", "replace", "append"]
 
 
 @dataclass(frozen=True)

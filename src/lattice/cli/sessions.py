@@ -16,7 +16,7 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import typer
 from rich.progress import (
@@ -32,7 +32,7 @@ from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 
 from ..store import SessionStore
-from ..store_query import SessionInfo
+from ..store_query import OnConflict, SessionInfo
 from ._common import EXIT_USAGE, err_console, fail, out_console, usable_url
 from ._transfer import SideError, import_source, on_side, same_database
 
@@ -146,11 +146,12 @@ def _filters(
     }
 
 
-def _check_policy(on_conflict: str) -> None:
+def _check_policy(on_conflict: str) -> OnConflict:
     if on_conflict not in ("skip", "replace", "append"):
         raise typer.BadParameter(
             f"{on_conflict!r}: choose skip, replace or append", param_hint="--on-conflict"
         )
+    return cast(OnConflict, on_conflict)
 
 
 _fail = fail
@@ -290,6 +291,8 @@ def show_command(
 
     info, latest = _run(url, work)
     if info is None:
+        if as_json:
+            _print_json(None)  # scripts read null; the exit status is 1
         raise _fail(f"no session {session_id!r}")
     if as_json:
         _print_json({**info.to_dict(), "items": latest})
@@ -338,7 +341,7 @@ def export_command(
         _print_json(summary)
     else:
         where = "standard output" if output == "-" else output
-        _err.print(f"exported {result.sessions} sessions, {result.items} items to {where}")
+        _err.print(f"exported {_counted(summary)} to {where}")
 
 
 @app.command("import")
@@ -355,11 +358,11 @@ def import_command(
     as_json: bool = _JSON,
 ) -> None:
     """Import sessions from a JSON Lines export; the file is checked before anything is written."""
-    _check_policy(on_conflict)
+    policy = _check_policy(on_conflict)
 
     async def work(store: SessionStore) -> Any:
         with import_source(source) as (handle, total), _progress("importing items", total) as step:
-            return await store.import_jsonl(handle, on_conflict=on_conflict, progress=step)
+            return await store.import_jsonl(handle, on_conflict=policy, progress=step)
 
     result = _run(url, work)
     _report_import(result.to_dict(), as_json)
@@ -399,6 +402,8 @@ def delete_command(
     if session_ids and (owner is not None or prefix is not None):
         raise typer.BadParameter("give session ids or a filter (--owner/--prefix), not both")
 
+    missing: list[str] = []
+
     async def work(store: SessionStore) -> dict[str, int]:
         if session_ids:
             total = {"sessions": 0, "items": 0}
@@ -406,6 +411,8 @@ def delete_command(
                 done = await store.delete_session(session_id)
                 total["sessions"] += done.sessions
                 total["items"] += done.items
+                if not done.sessions:
+                    missing.append(session_id)
             return total
         count = await store.count(owner=owner, prefix=prefix)
         if count:
@@ -417,13 +424,23 @@ def delete_command(
     if session_ids:
         _confirm(f"delete {len(session_ids)} session(s)?", yes)
     _report_deleted(_run(url, work), as_json)
+    if missing:  # the others are deleted; the exit status says not all were there
+        raise _fail(f"no session {', '.join(repr(m) for m in missing)}")
+
+
+def _counted(counts: dict[str, int]) -> str:
+    """ "1 session, 2 items": the counts with their nouns in the right number."""
+    sessions, items = counts["sessions"], counts["items"]
+    return (
+        f"{sessions} session{'' if sessions == 1 else 's'}, {items} item{'' if items == 1 else 's'}"
+    )
 
 
 def _report_deleted(counts: dict[str, int], as_json: bool) -> None:
     if as_json:
         _print_json(counts)
     else:
-        _err.print(f"deleted {counts['sessions']} sessions, {counts['items']} items")
+        _err.print(f"deleted {_counted(counts)}")
 
 
 @app.command("purge")
@@ -457,7 +474,7 @@ def purge_command(
         if as_json:
             _print_json({"would_delete": counts})
         else:
-            _err.print(f"would delete {counts['sessions']} sessions, {counts['items']} items")
+            _err.print(f"would delete {_counted(counts)}")
         return
     _report_deleted(counts, as_json)
 
@@ -480,7 +497,7 @@ def copy_command(
     as_json: bool = _JSON,
 ) -> None:
     """Copy sessions to another database (for example SQLite to PostgreSQL)."""
-    _check_policy(on_conflict)
+    policy = _check_policy(on_conflict)
     to = usable_url(to, env_var=URL_ENV_VAR, option="--to", exists=not create_tables)
     filters = _filters(prefix, owner, meta, after, before)
     if url and same_database(url, to):
@@ -495,9 +512,7 @@ def copy_command(
             async with on_side("the target (--to)"):
                 await target.count()  # reachable, and its tables exist (or were created)
             with _progress("copying items", total) as step:
-                return await store.copy_to(
-                    target, on_conflict=on_conflict, progress=step, **filters
-                )
+                return await store.copy_to(target, on_conflict=policy, progress=step, **filters)
 
     result = _run(url, work)
     _report_import(result.to_dict(), as_json)
