@@ -115,7 +115,9 @@ async def test_delete_and_purge(url: str) -> None:
     deleted = await lattice("delete", "--url", url, "--owner", "ann", "--yes", "--json")
     assert json.loads(deleted.stdout) == {"sessions": 2, "items": 4}
     by_id = await lattice("delete", "b1", "nope", "--url", url, "--yes")
-    assert by_id.exit_code == 0 and "deleted 1 sessions, 2 items" in by_id.stderr
+    # b1 is deleted; "nope" was not there, which the exit status reports (docs: 1).
+    assert by_id.exit_code == 1 and "deleted 1 session, 2 items" in by_id.stderr
+    assert "no session 'nope'" in by_id.stderr
 
     dry = await lattice("purge", "--url", url, "--older-than", "30d", "--dry-run", "--json")
     assert json.loads(dry.stdout) == {"would_delete": {"sessions": 2, "items": 2}}
@@ -151,6 +153,7 @@ async def test_errors_and_exit_codes(url: str, tmp_path: Path) -> None:
     missing = await lattice("import", nowhere, "--url", url, "--on-conflict", "skip")
     assert missing.exit_code == 1 and "No such file" in missing.stderr
 
+    (tmp_path / "empty.db").touch()  # a database without Lattice's tables
     empty = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
     no_tables = await lattice("list", "--url", empty)
     assert no_tables.exit_code == 1 and "lattice db upgrade" in no_tables.stderr

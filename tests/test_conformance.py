@@ -1,4 +1,4 @@
-"""The public conformance suite, run over the four backends."""
+"""The public conformance suites (contract and Lattice rules), run over the four backends."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lattice import SQLAlchemySession
 from lattice.schema import LatticeTables
-from lattice.testing import SessionConformance, SessionFactory
+from lattice.testing import LatticeConformance, SessionFactory
 
 
-class TestSQLAlchemySessionConformance(SessionConformance):
+class TestSQLAlchemySessionConformance(LatticeConformance):
     @pytest.fixture
     def session_factory(self, engine: AsyncEngine, tables: LatticeTables) -> SessionFactory:
         def make(session_id: str, session_settings: Any = None) -> SQLAlchemySession:

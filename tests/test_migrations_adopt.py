@@ -203,9 +203,8 @@ def documented_env_py() -> str:
     return match.group(1)
 
 
-def test_inside_the_applications_alembic_env(
-    fresh_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def application_alembic(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
+    """An application's Alembic scripts (``myapp``, revision app1, the documented env.py)."""
     package = tmp_path / "myapp"
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -216,10 +215,17 @@ def test_inside_the_applications_alembic_env(
     (scripts / "versions" / "app1_notes.py").write_text(APP_REVISION)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "myapp", raising=False)
-
+    monkeypatch.delitem(sys.modules, "myapp.models", raising=False)
     config = Config()
     config.set_main_option("script_location", str(scripts))
-    config.set_main_option("sqlalchemy.url", fresh_url.replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def test_inside_the_applications_alembic_env(
+    fresh_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = application_alembic(fresh_url, tmp_path, monkeypatch)
     command.upgrade(config, "head")
     command.upgrade(config, "head")  # and again: nothing to do for either history
 

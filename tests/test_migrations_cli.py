@@ -53,13 +53,14 @@ def test_check_behind_head_names_the_command(sqlite_url: str) -> None:
     code, out = lattice_db("check", "--url", sqlite_url)
     assert code == EXIT_BEHIND
     assert "revision 0001, behind" in out and "lattice db upgrade" in out
+    Path(f"{sqlite_url.split(':///', 1)[1]}.empty").touch()  # an empty database
     code, out = lattice_db("check", "--url", f"{sqlite_url}.empty")
     assert code == EXIT_BEHIND and "revision none" in out
 
 
 def test_downgrade_and_stamp(sqlite_url: str) -> None:
     assert lattice_db("upgrade", "--url", sqlite_url)[0] == 0
-    code, out = lattice_db("downgrade", "base", "--url", sqlite_url)
+    code, out = lattice_db("downgrade", "base", "--url", sqlite_url, "--yes")
     assert code == 0 and "reverted 0001" in out and "At revision none." in out
     code, out = lattice_db("stamp", "0002", "--url", sqlite_url)
     assert code == 0 and "revision 0002" in out

@@ -6,7 +6,8 @@ The public names::
         Session, SessionABC, SessionSettings,
         SQLAlchemySession, SQLiteSession,
         OpenAIConversationsSession,
-        SessionStore,
+        SessionStore, SessionInfo, SessionPage,
+        DeleteResult, ExportResult, ImportResult,
     )
 """
 
@@ -22,15 +23,21 @@ from .sqlite_session import SQLiteSession
 
 if TYPE_CHECKING:
     from .openai_conversations import OpenAIConversationsSession
-    from .store import SessionStore
+    from .store import SessionPage, SessionStore
+    from .store.model import DeleteResult, ExportResult, ImportResult, SessionInfo
 
 __all__ = [
+    "DeleteResult",
+    "ExportResult",
+    "ImportResult",
     "LatticeError",
     "OpenAIConversationsSession",
     "SQLAlchemySession",
     "SQLiteSession",
     "Session",
     "SessionABC",
+    "SessionInfo",
+    "SessionPage",
     "SessionSettings",
     "SessionStore",
     "WriteOutcomeUnknownError",
@@ -44,6 +51,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "OpenAIConversationsSession": ".openai_conversations",
     "SessionStore": ".store",
+    "SessionPage": ".store",
+    "SessionInfo": ".store.model",
+    "DeleteResult": ".store.model",
+    "ExportResult": ".store.model",
+    "ImportResult": ".store.model",
 }
 
 

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import (
-    ArgumentError,
     IntegrityError,
     NoSuchModuleError,
     OperationalError,
@@ -33,7 +32,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from . import _compat
+from . import _compat, urls
 from .dialects import rules
 
 __all__ = [
@@ -53,15 +52,6 @@ __all__ = [
 #: How long a SQLite connection waits for another writer before "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
-# Plain URLs are accepted for convenience and mapped to the async driver
-# Lattice installs for that database.
-_ASYNC_DRIVERS = {
-    "sqlite": "sqlite+aiosqlite",
-    "postgresql": "postgresql+asyncpg",
-    "postgres": "postgresql+asyncpg",
-    "mysql": "mysql+aiomysql",
-    "mariadb": "mysql+aiomysql",
-}
 # Which extra installs each driver.
 _DRIVER_EXTRAS = {
     "asyncpg": "postgres",
@@ -78,14 +68,9 @@ def normalize_url(url: str | URL) -> URL:
     """Parse ``url``, mapping a driverless URL to Lattice's async driver.
 
     Raises:
-        ValueError: the URL cannot be parsed.
+        ValueError: the URL cannot be used (``lattice.urls.UrlError``).
     """
-    try:
-        parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError as exc:
-        raise ValueError(f"not a database URL: {url!r}") from exc
-    driver = _ASYNC_DRIVERS.get(parsed.drivername)
-    return parsed.set(drivername=driver) if driver else parsed
+    return urls.normalize(url)  # checks, driver mapping, redacted messages: lattice.urls
 
 
 def is_sqlite_memory(url: URL) -> bool:
@@ -132,8 +117,8 @@ def make_engine(url: str | URL, **engine_kwargs: Any) -> AsyncEngine:
     hand out the most recently used one first (``pool_use_lifo=True``). A
     missing driver raises ``ImportError`` naming the extra to install.
     """
-    parsed = normalize_url(url)
-    kwargs = dict(engine_kwargs)
+    # libpq parameters (?sslmode=...) go where asyncpg reads them: lattice.urls.
+    parsed, kwargs = urls.connect_options(normalize_url(url), engine_kwargs)
     backend = parsed.get_backend_name()
     memory = is_sqlite_memory(parsed)
     if memory:

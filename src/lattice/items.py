@@ -45,6 +45,11 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 _DECODER = json.JSONDecoder()
 
 
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article: "a dict", "an int"."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def _why_not_json(value: Any, depth: int = 0) -> str:
     """Find a human reason why ``value`` cannot be encoded (slow path, errors only)."""
     if depth > 200:
@@ -52,7 +57,7 @@ def _why_not_json(value: Any, depth: int = 0) -> str:
     if isinstance(value, dict):
         for key, child in value.items():
             if not isinstance(key, str):
-                return f"key {key!r} is a {type(key).__name__}, but JSON keys must be strings"
+                return f"key {key!r} is {_a(type(key).__name__)}, but JSON keys must be strings"
             reason = _why_not_json(child, depth + 1)
             if reason:
                 return f"at key {key!r}: {reason}"
@@ -67,7 +72,7 @@ def _why_not_json(value: Any, depth: int = 0) -> str:
         return f"{value!r} is not valid JSON"
     if value is None or isinstance(value, (str, int, float, bool)):
         return ""
-    return f"a {type(value).__name__} is not JSON-serialisable"
+    return f"{_a(type(value).__name__)} is not JSON-serialisable"
 
 
 def _non_string_key(item: dict[str, Any]) -> Any:
@@ -114,7 +119,7 @@ def encode_item(item: Any, index: int = 0, max_bytes: int = DEFAULT_MAX_ITEM_BYT
             surrogates), nesting too deep, or more than ``max_bytes`` of UTF-8.
     """
     if not isinstance(item, dict):
-        raise TypeError(f"item {index} is a {type(item).__name__}, but items must be dicts")
+        raise TypeError(f"item {index} is {_a(type(item).__name__)}, but items must be dicts")
     try:
         text = _ENCODER.encode(item)
     except TypeError as exc:
@@ -130,8 +135,8 @@ def encode_item(item: Any, index: int = 0, max_bytes: int = DEFAULT_MAX_ITEM_BYT
     bad_key = _non_string_key(item)
     if bad_key is not _NO_KEY:
         raise TypeError(
-            f"item {index} cannot be stored as JSON: key {bad_key!r} is a "
-            f"{type(bad_key).__name__}, but JSON keys must be strings"
+            f"item {index} cannot be stored as JSON: key {bad_key!r} is "
+            f"{_a(type(bad_key).__name__)}, but JSON keys must be strings"
         )
     if _too_deep(item, text):
         raise ValueError(
@@ -160,7 +165,7 @@ def encode_item(item: Any, index: int = 0, max_bytes: int = DEFAULT_MAX_ITEM_BYT
 def encode_items(items: Iterable[Any], max_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> list[str]:
     """Encode a batch; the first bad item raises before anything is returned."""
     if isinstance(items, (dict, str, bytes)):
-        raise TypeError(f"items must be a list of dicts, not a {type(items).__name__}")
+        raise TypeError(f"items must be a list of dicts, not {_a(type(items).__name__)}")
     return [encode_item(item, index, max_bytes) for index, item in enumerate(items)]
 
 

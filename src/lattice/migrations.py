@@ -36,11 +36,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
+from sqlalchemy import inspect
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from . import _compat
+from . import _compat, urls
 from ._migration_env import (
     ATTR_ADOPT,
     ATTR_CONNECTION,
@@ -65,6 +66,7 @@ __all__ = [
     "downgrade_sql",
     "exclude_lattice_tables",
     "history",
+    "moves_schema",
     "script_location",
     "stamp",
     "upgrade",
@@ -123,6 +125,23 @@ def exclude_lattice_tables(name: str | None, type_: str, parent_names: Any) -> b
     return True
 
 
+def moves_schema(context: Any) -> bool:
+    """True when the application's Alembic command changes its schema.
+
+    For the application's own ``env.py``: run Lattice's upgrade only then
+    (``alembic upgrade``, ``downgrade``, ``stamp``), never as a side effect of
+    ``alembic revision --autogenerate``, ``check``, ``current`` or the
+    offline (``--sql``) mode. ``context`` is ``alembic.context``.
+    """
+    if context.is_offline_mode():
+        return False
+    # Alembic gives a destination revision to exactly the commands that move
+    # the schema (EnvironmentContext(..., destination_rev=...)); the configured
+    # MigrationContext carries those options. Call after context.configure().
+    opts: dict[str, Any] = getattr(context.get_context(), "opts", {})
+    return "destination_rev" in opts
+
+
 def _config(**attributes: Any) -> Config:
     config = Config(output_buffer=attributes.pop("output_buffer", None))
     config.set_main_option("script_location", str(script_location()))
@@ -136,7 +155,7 @@ def _config(**attributes: Any) -> Config:
 
 
 def _safe_url(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    return urls.shown(url)
 
 
 def _reason(exc: BaseException) -> str:
@@ -271,6 +290,17 @@ async def history() -> list[Revision]:
     ]
 
 
+async def _unversioned_tables(target: Target) -> list[str]:
+    """Lattice's default tables present in a database that has no Lattice revision."""
+    async with _connection(target) as conn:
+
+        def present(sync_conn: Connection) -> list[str]:
+            inspector = inspect(sync_conn)
+            return sorted(name for name in LATTICE_TABLES if inspector.has_table(name))
+
+        return await conn.run_sync(present)
+
+
 async def check(target: Target) -> str:
     """Return the database's revision if it is the newest; raise otherwise.
 
@@ -292,6 +322,13 @@ async def check(target: Target) -> str:
             "know: a newer Lattice migrated it; upgrade the lattice-sessions package"
         )
     shown = at or "none"
+    if at is None:
+        present = await _unversioned_tables(target)
+        if present:
+            shown = (
+                f"none: {', '.join(present)} exist without a Lattice revision (made by "
+                "create_tables=True or the Agents SDK; the upgrade adopts them in place)"
+            )
     raise SchemaBehindError(
         f"the database's Lattice schema is at revision {shown}, behind {head}: "
         "run `lattice db upgrade` (or `await lattice.migrations.upgrade(url)`)",

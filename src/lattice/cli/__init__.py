@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 import typer
 
 from .. import __version__
@@ -13,6 +16,8 @@ app = typer.Typer(
     help="Lattice: durable conversation memory for AI agents.",
     no_args_is_help=True,
     add_completion=False,
+    # Plain help: rich help showed "<bool>" as the value of every flag.
+    rich_markup_mode=None,
 )
 
 
@@ -48,6 +53,13 @@ def _register() -> None:
 _register()
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # Handled as Ctrl-C is: asyncio cancels the command's task, so its
+    # cleanup runs (an export removes its .partial file, transactions roll back).
+    signal.raise_signal(signal.SIGINT)
+
+
 def main() -> None:
     """Entry point of the ``lattice`` console script."""
+    signal.signal(signal.SIGTERM, _interrupt)
     app()

@@ -83,14 +83,14 @@ def _make_model(options: DemoOptions) -> tuple[Any, str, bool]:
 
 
 def _make_session(options: DemoOptions) -> tuple[Any, str]:
-    from .. import SQLAlchemySession, SQLiteSession
+    from .. import SQLAlchemySession, SQLiteSession, urls
 
     try:
         if options.url:
             session = SQLAlchemySession.from_url(
                 options.session_id, url=options.url, create_tables=True
             )
-            where = session.engine.url.render_as_string(hide_password=True)
+            where = urls.shown(session.engine.url)
             return session, where
         return SQLiteSession(options.session_id, DEFAULT_DB), os.path.abspath(DEFAULT_DB)
     except (TypeError, ValueError, ImportError) as exc:
@@ -182,13 +182,20 @@ def register(app: typer.Typer) -> None:
         url: str | None = typer.Option(
             None,
             "--url",
+            metavar="URL",
             envvar="LATTICE_DATABASE_URL",
             help=f"Database URL (any backend). Default: the SQLite file ./{DEFAULT_DB}.",
         ),
-        session_id: str = typer.Option("demo", "--session", help="The conversation's id."),
+        session_id: str = typer.Option(
+            "demo", "--session", metavar="ID", help="The conversation's id."
+        ),
         reset: bool = typer.Option(False, "--reset", help="Clear the stored conversation first."),
         messages: list[str] = typer.Option(  # noqa: B008 - typer's declaration style
-            [], "--message", "-m", help="Send this message instead of the script (repeatable)."
+            [],
+            "--message",
+            "-m",
+            metavar="TEXT",
+            help="Send this message instead of the script (repeatable).",
         ),
         interactive: bool = typer.Option(
             False, "--interactive", "-i", help="Then type your own messages (empty line ends)."
@@ -196,11 +203,13 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(
             None,
             "--model",
+            metavar="MODEL",
             help=f"Model name (default with OPENAI_API_KEY: {DEFAULT_OPENAI_MODEL}).",
         ),
         base_url: str | None = typer.Option(
             None,
             "--base-url",
+            metavar="URL",
             help="An OpenAI-compatible server (Chat Completions); needs --model.",
         ),
         offline: bool = typer.Option(

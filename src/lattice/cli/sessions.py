@@ -16,10 +16,9 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -29,9 +28,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 
 from ..store import SessionInfo, SessionStore
+from ..store.model import OnConflict
+from ._common import EXIT_USAGE, err_console, fail, out_console, usable_url
+from ._transfer import SideError, import_source, on_side, same_database
 
 __all__ = ["parse_duration", "register"]
 
@@ -43,23 +46,33 @@ app = typer.Typer(
     help="Inspect and manage stored sessions: list, show, export, import, delete, purge, copy.",
     no_args_is_help=True,
 )
-_out = Console(highlight=False, soft_wrap=True)
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Ids, metadata, items and error texts are user data: printed literally.
+_out = out_console
+_err = err_console
 
 _URL = typer.Option(
     None,
     "--url",
+    metavar="URL",
     envvar=URL_ENV_VAR,
     help=f"Database URL (default: ${URL_ENV_VAR}).",
     show_default=False,
 )
 _JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
-_PREFIX = typer.Option(None, "--prefix", help="Only session ids starting with this text.")
-_OWNER = typer.Option(None, "--owner", help='Only sessions whose metadata "owner" is this.')
+_PREFIX = typer.Option(
+    None, "--prefix", metavar="TEXT", help="Only session ids starting with this text."
+)
+_OWNER = typer.Option(
+    None, "--owner", metavar="OWNER", help='Only sessions whose metadata "owner" is this.'
+)
 _YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 _ON_CONFLICT_HELP = "For a session that already exists: skip it, replace it, or append to it."
-_META = typer.Option(None, "--meta", help="Only sessions with metadata KEY=VALUE (repeatable).")
-_IDS = typer.Argument(None, help="Session ids to delete.")
+_META = typer.Option(
+    None, "--meta", metavar="KEY=VALUE", help="Only sessions with metadata KEY=VALUE (repeatable)."
+)
+_AFTER = typer.Option(None, "--after", metavar="WHEN", help="Last active after (ISO 8601).")
+_BEFORE = typer.Option(None, "--before", metavar="WHEN", help="Last active before (ISO 8601).")
+_IDS = typer.Argument(None, metavar="SESSION_ID...", help="Session ids to delete.")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -81,7 +94,12 @@ def parse_duration(text: str) -> dt.timedelta:
         raise typer.BadParameter(
             f"{text!r} is not a duration; use a number and a unit: 45s, 90m, 12h, 30d, 2w"
         )
-    return dt.timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    try:
+        age = dt.timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+        dt.datetime.now(dt.timezone.utc) - age  # the cutoff must be a representable time
+    except OverflowError:
+        raise typer.BadParameter(f"{text!r} reaches back before the year 1") from None
+    return age
 
 
 def _parse_time(text: str | None, option: str) -> dt.datetime | None:
@@ -111,29 +129,47 @@ def _parse_meta(pairs: list[str] | None) -> dict[str, Any] | None:
     return metadata
 
 
-def _check_policy(on_conflict: str) -> None:
+def _filters(
+    prefix: str | None,
+    owner: str | None,
+    meta: list[str] | None,
+    after: str | None,
+    before: str | None,
+) -> dict[str, Any]:
+    """The store's filter keywords from the shared command-line options."""
+    return {
+        "prefix": prefix,
+        "owner": owner,
+        "metadata": _parse_meta(meta),
+        "updated_after": _parse_time(after, "--after"),
+        "updated_before": _parse_time(before, "--before"),
+    }
+
+
+def _check_policy(on_conflict: str) -> OnConflict:
     if on_conflict not in ("skip", "replace", "append"):
         raise typer.BadParameter(
             f"{on_conflict!r}: choose skip, replace or append", param_hint="--on-conflict"
         )
+    return cast(OnConflict, on_conflict)
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    _err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-    return typer.Exit(code)
+_fail = fail
 
 
 def _database_error(exc: DBAPIError) -> str:
     reason = str(exc.orig or exc).strip().splitlines()[0]
-    if re.search(r"no such table|does not exist|doesn't exist", reason, re.IGNORECASE):
+    if re.search(r"no such table|relation .* does not exist|doesn't exist", reason, re.I):
         return f"{reason}; create the tables with `lattice db upgrade`"
+    if re.search(r"no such column|column .* does not exist|unknown column", reason, re.I):
+        # Tables of an older schema (or of the Agents SDK): a migration is due.
+        return f"{reason}; the schema is behind this Lattice: run `lattice db upgrade`"
     return f"database error: {reason}"
 
 
 def _run(url: str | None, work: Callable[[SessionStore], Awaitable[_T]]) -> _T:
     """Open a store on ``url``, run ``work`` on it, close it; turn failures into exit codes."""
-    if not url:
-        raise typer.BadParameter(f"give --url or set {URL_ENV_VAR}", param_hint="--url")
+    url = usable_url(url, env_var=URL_ENV_VAR, exists=True)
 
     async def main() -> _T:
         async with SessionStore.from_url(url) as store:
@@ -145,10 +181,14 @@ def _run(url: str | None, work: Callable[[SessionStore], Awaitable[_T]]) -> _T:
         raise
     except (ValueError, TypeError) as exc:
         raise _fail(str(exc)) from None
-    except ImportError as exc:
-        raise _fail(str(exc)) from None
+    except ImportError as exc:  # the URL's driver is not installed
+        raise _fail(str(exc), EXIT_USAGE) from None
     except DBAPIError as exc:
         raise _fail(_database_error(exc)) from None
+    except SideError as exc:
+        cause = exc.cause
+        reason = _database_error(cause) if isinstance(cause, DBAPIError) else str(cause)
+        raise _fail(f"{exc.side}: {reason}") from None
     except OSError as exc:
         raise _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
 
@@ -206,20 +246,18 @@ def list_command(
     prefix: str | None = _PREFIX,
     owner: str | None = _OWNER,
     meta: list[str] | None = _META,
-    after: str | None = typer.Option(None, "--after", help="Last active after (ISO 8601)."),
-    before: str | None = typer.Option(None, "--before", help="Last active before (ISO 8601)."),
-    limit: int = typer.Option(50, "--limit", min=1, max=1000, help="Sessions per page."),
-    cursor: str | None = typer.Option(None, "--cursor", help="Continue from a previous page."),
+    after: str | None = _AFTER,
+    before: str | None = _BEFORE,
+    limit: int = typer.Option(
+        50, "--limit", metavar="N", min=1, max=1000, help="Sessions per page."
+    ),
+    cursor: str | None = typer.Option(
+        None, "--cursor", metavar="CURSOR", help="Continue from a previous page."
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """List sessions, newest activity first, a page at a time."""
-    filters: dict[str, Any] = {
-        "prefix": prefix,
-        "owner": owner,
-        "metadata": _parse_meta(meta),
-        "updated_after": _parse_time(after, "--after"),
-        "updated_before": _parse_time(before, "--before"),
-    }
+    filters = _filters(prefix, owner, meta, after, before)
     page = _run(url, lambda store: store.list_sessions(limit=limit, cursor=cursor, **filters))
     if as_json:
         _print_json(
@@ -236,9 +274,11 @@ def list_command(
 
 @app.command("show")
 def show_command(
-    session_id: str = typer.Argument(..., help="The session id."),
+    session_id: str = typer.Argument(..., metavar="SESSION_ID", help="The session id."),
     url: str | None = _URL,
-    items: int = typer.Option(20, "--items", min=0, help="How many of the latest items."),
+    items: int = typer.Option(
+        20, "--items", metavar="N", min=0, help="How many of the latest items."
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """Show one session: its catalogue row and its latest items."""
@@ -251,6 +291,8 @@ def show_command(
 
     info, latest = _run(url, work)
     if info is None:
+        if as_json:
+            _print_json(None)  # scripts read null; the exit status is 1
         raise _fail(f"no session {session_id!r}")
     if as_json:
         _print_json({**info.to_dict(), "items": latest})
@@ -266,26 +308,32 @@ def show_command(
     _out.print(table)
     if latest:
         shown = f"latest {len(latest)} of {info.item_count}"
-        _out.print(f"\n[bold]items[/bold] ({shown}, oldest first)")
+        _out.print(Text.assemble("\n", ("items", "bold"), f" ({shown}, oldest first)"))
         for item in latest:
-            _out.print(json.dumps(item, ensure_ascii=False), markup=False)
+            _out.print(json.dumps(item, ensure_ascii=False))
 
 
 @app.command("export")
 def export_command(
-    output: str = typer.Argument("-", help="File to write, or - for standard output."),
+    output: str = typer.Argument(
+        "-", metavar="FILE", help="File to write, or - for standard output."
+    ),
     url: str | None = _URL,
     prefix: str | None = _PREFIX,
     owner: str | None = _OWNER,
+    meta: list[str] | None = _META,
+    after: str | None = _AFTER,
+    before: str | None = _BEFORE,
     as_json: bool = _JSON,
 ) -> None:
     """Export sessions as JSON Lines (format version 1; see docs/store.md)."""
+    filters = _filters(prefix, owner, meta, after, before)
 
     async def work(store: SessionStore) -> Any:
-        _sessions, total = await store.totals(prefix=prefix, owner=owner)
+        _sessions, total = await store.totals(**filters)
         with _progress("exporting items", total) as step:
             target: Any = sys.stdout if output == "-" else output
-            return await store.export_jsonl(target, prefix=prefix, owner=owner, progress=step)
+            return await store.export_jsonl(target, progress=step, **filters)
 
     result = _run(url, work)
     summary = {"sessions": result.sessions, "items": result.items}
@@ -293,22 +341,28 @@ def export_command(
         _print_json(summary)
     else:
         where = "standard output" if output == "-" else output
-        _err.print(f"exported {result.sessions} sessions, {result.items} items to {where}")
+        _err.print(f"exported {_counted(summary)} to {where}")
 
 
 @app.command("import")
 def import_command(
-    source: str = typer.Argument(..., help="A file written by `lattice sessions export`."),
-    on_conflict: str = typer.Option(..., "--on-conflict", help=_ON_CONFLICT_HELP),
+    source: str = typer.Argument(
+        ...,
+        metavar="FILE",
+        help="A file written by `lattice sessions export` (gzip too), or - for standard input.",
+    ),
+    on_conflict: str = typer.Option(
+        ..., "--on-conflict", metavar="skip|replace|append", help=_ON_CONFLICT_HELP
+    ),
     url: str | None = _URL,
     as_json: bool = _JSON,
 ) -> None:
     """Import sessions from a JSON Lines export; the file is checked before anything is written."""
-    _check_policy(on_conflict)
+    policy = _check_policy(on_conflict)
 
     async def work(store: SessionStore) -> Any:
-        with _progress("importing items", None) as step:
-            return await store.import_jsonl(source, on_conflict=on_conflict, progress=step)
+        with import_source(source) as (handle, total), _progress("importing items", total) as step:
+            return await store.import_jsonl(handle, on_conflict=policy, progress=step)
 
     result = _run(url, work)
     _report_import(result.to_dict(), as_json)
@@ -348,6 +402,8 @@ def delete_command(
     if session_ids and (owner is not None or prefix is not None):
         raise typer.BadParameter("give session ids or a filter (--owner/--prefix), not both")
 
+    missing: list[str] = []
+
     async def work(store: SessionStore) -> dict[str, int]:
         if session_ids:
             total = {"sessions": 0, "items": 0}
@@ -355,6 +411,8 @@ def delete_command(
                 done = await store.delete_session(session_id)
                 total["sessions"] += done.sessions
                 total["items"] += done.items
+                if not done.sessions:
+                    missing.append(session_id)
             return total
         count = await store.count(owner=owner, prefix=prefix)
         if count:
@@ -366,19 +424,32 @@ def delete_command(
     if session_ids:
         _confirm(f"delete {len(session_ids)} session(s)?", yes)
     _report_deleted(_run(url, work), as_json)
+    if missing:  # the others are deleted; the exit status says not all were there
+        raise _fail(f"no session {', '.join(repr(m) for m in missing)}")
+
+
+def _counted(counts: dict[str, int]) -> str:
+    """ "1 session, 2 items": the counts with their nouns in the right number."""
+    sessions, items = counts["sessions"], counts["items"]
+    return (
+        f"{sessions} session{'' if sessions == 1 else 's'}, {items} item{'' if items == 1 else 's'}"
+    )
 
 
 def _report_deleted(counts: dict[str, int], as_json: bool) -> None:
     if as_json:
         _print_json(counts)
     else:
-        _err.print(f"deleted {counts['sessions']} sessions, {counts['items']} items")
+        _err.print(f"deleted {_counted(counts)}")
 
 
 @app.command("purge")
 def purge_command(
     older_than: str = typer.Option(
-        ..., "--older-than", help="Idle for longer than this: 45s, 90m, 12h, 30d, 2w."
+        ...,
+        "--older-than",
+        metavar="AGE",
+        help="Idle for longer than this: 45s, 90m, 12h, 30d, 2w.",
     ),
     url: str | None = _URL,
     dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would go."),
@@ -403,33 +474,45 @@ def purge_command(
         if as_json:
             _print_json({"would_delete": counts})
         else:
-            _err.print(f"would delete {counts['sessions']} sessions, {counts['items']} items")
+            _err.print(f"would delete {_counted(counts)}")
         return
     _report_deleted(counts, as_json)
 
 
 @app.command("copy")
 def copy_command(
-    to: str = typer.Option(..., "--to", help="URL of the database to copy into."),
+    to: str = typer.Option(..., "--to", metavar="URL", help="URL of the database to copy into."),
     url: str | None = _URL,
-    on_conflict: str = typer.Option("skip", "--on-conflict", help=_ON_CONFLICT_HELP),
+    on_conflict: str = typer.Option(
+        "skip", "--on-conflict", metavar="skip|replace|append", help=_ON_CONFLICT_HELP
+    ),
     prefix: str | None = _PREFIX,
     owner: str | None = _OWNER,
+    meta: list[str] | None = _META,
+    after: str | None = _AFTER,
+    before: str | None = _BEFORE,
     create_tables: bool = typer.Option(
         False, "--create-tables", help="Create the tables in the target if missing."
     ),
     as_json: bool = _JSON,
 ) -> None:
     """Copy sessions to another database (for example SQLite to PostgreSQL)."""
-    _check_policy(on_conflict)
+    policy = _check_policy(on_conflict)
+    to = usable_url(to, env_var=URL_ENV_VAR, option="--to", exists=not create_tables)
+    filters = _filters(prefix, owner, meta, after, before)
+    if url and same_database(url, to):
+        # Two engines on one database: the store cannot tell, and "append"
+        # would double every session ("skip" and "replace" do nothing useful).
+        raise typer.BadParameter("the source (--url) and the target are the same database")
 
     async def work(store: SessionStore) -> Any:
-        _sessions, total = await store.totals(prefix=prefix, owner=owner)
+        async with on_side("the source (--url)"):
+            _sessions, total = await store.totals(**filters)
         async with SessionStore.from_url(to, create_tables=create_tables) as target:
+            async with on_side("the target (--to)"):
+                await target.count()  # reachable, and its tables exist (or were created)
             with _progress("copying items", total) as step:
-                return await store.copy_to(
-                    target, on_conflict=on_conflict, prefix=prefix, owner=owner, progress=step
-                )
+                return await store.copy_to(target, on_conflict=policy, progress=step, **filters)
 
     result = _run(url, work)
     _report_import(result.to_dict(), as_json)

@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .. import engines
+from .. import engines, urls
 from ..items import DEFAULT_MAX_ITEM_BYTES, check_session_id
 from ..protocol import SessionSettings
 from ..schema import (
@@ -46,7 +46,14 @@ from ..sqlalchemy_session import SQLAlchemySession
 from . import catalogue, retention, transfer
 from .core import StoreCore
 from .listing import WALK_CHUNK, FilterArgs, Filters, decode_cursor, encode_cursor, walk
-from .model import DeleteResult, ExportResult, ImportResult, SessionInfo, SessionPage
+from .model import (
+    DeleteResult,
+    ExportResult,
+    ImportResult,
+    OnConflict,
+    SessionInfo,
+    SessionPage,
+)
 from .retention import DEFAULT_BATCH_ITEMS, Progress
 
 if TYPE_CHECKING:
@@ -111,17 +118,21 @@ class SessionStore:
         sessions_table: str = DEFAULT_SESSIONS_TABLE,
         messages_table: str = DEFAULT_MESSAGES_TABLE,
         max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
-        **engine_kwargs: Any,
+        engine_kwargs: dict[str, Any] | None = None,
+        **engine_options: Any,
     ) -> SessionStore:
         """Make a store on a new engine of its own for ``url``.
 
         The store owns that engine: :meth:`close` (or leaving ``async with``)
         disposes it. ``postgresql://``, ``mysql://`` and ``sqlite://`` URLs
-        are mapped to the async drivers; ``engine_kwargs`` go to
-        ``create_async_engine``.
+        are mapped to the async drivers. Options for ``create_async_engine``
+        go in ``engine_kwargs={...}``, as for ``SQLAlchemySession.from_url``,
+        or as keywords (``pool_size=5``).
         """
+        # Both spellings, so the two from_url methods take the same arguments.
+        options = {**(engine_kwargs or {}), **engine_options}
         store = cls(
-            engines.make_engine(url, **engine_kwargs),
+            engines.make_engine(url, **options),
             create_tables=create_tables,
             sessions_table=sessions_table,
             messages_table=messages_table,
@@ -152,7 +163,7 @@ class SessionStore:
         await self.close()
 
     def __repr__(self) -> str:
-        url = self.engine.url.render_as_string(hide_password=True)
+        url = urls.shown(self.engine.url)  # no password, also not in the query string
         return f"SessionStore({url!r}, sessions_table={self.tables.sessions.name!r})"
 
     def session(
@@ -349,25 +360,23 @@ class SessionStore:
         self,
         destination: str | Path | IO[str],
         *,
-        prefix: str | None = None,
-        owner: str | None = None,
         progress: Progress | None = None,
+        **filters: Unpack[FilterArgs],
     ) -> ExportResult:
         """Write sessions, their metadata and items as JSON Lines (see ``docs/store.md``).
 
         Streams in bounded memory: sessions are read by keyset a chunk at a
         time and each session's items by keyset, a chunk at a time.
         ``progress`` is called with the number of items each step wrote.
+        The filters are those of :meth:`list_sessions`.
         """
-        return await transfer.export_jsonl(
-            self._core, destination, prefix=prefix, owner=owner, progress=progress
-        )
+        return await transfer.export_jsonl(self._core, destination, filters, progress=progress)
 
     async def import_jsonl(
         self,
         source: str | Path | IO[str],
         *,
-        on_conflict: str,
+        on_conflict: OnConflict,
         progress: Progress | None = None,
     ) -> ImportResult:
         """Load a file written by :meth:`export_jsonl`.
@@ -389,21 +398,16 @@ class SessionStore:
         self,
         other: SessionStore,
         *,
-        on_conflict: str,
-        prefix: str | None = None,
-        owner: str | None = None,
+        on_conflict: OnConflict,
         progress: Progress | None = None,
+        **filters: Unpack[FilterArgs],
     ) -> ImportResult:
         """Copy sessions (items in order, timestamps, metadata) into ``other``.
 
         The same stream as an export followed by an import, with no file in
-        between; ``on_conflict`` is that of :meth:`import_jsonl`.
+        between; ``on_conflict`` is that of :meth:`import_jsonl`, the filters
+        those of :meth:`list_sessions`.
         """
         return await transfer.copy_sessions(
-            self._core,
-            other._core,
-            on_conflict=on_conflict,
-            prefix=prefix,
-            owner=owner,
-            progress=progress,
+            self._core, other._core, filters, on_conflict=on_conflict, progress=progress
         )

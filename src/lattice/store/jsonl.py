@@ -234,8 +234,14 @@ def check_file(
 ) -> tuple[int, int]:
     """Parse the whole file (in a worker thread); return ``(sessions, items)``."""
     parser = Parser(max_item_bytes, max_packet)
-    for line in handle:
-        parser.feed(line)
+    try:
+        for line in handle:
+            parser.feed(line)
+    except UnicodeDecodeError:  # a gzip file, say: name the problem, not the codec
+        raise FormatError(
+            f"not a Lattice export: line {parser.lineno + 1} is not UTF-8 text "
+            "(a compressed file? decompress it first)"
+        ) from None
     parser.finish()
     return parser.sessions, parser.items
 

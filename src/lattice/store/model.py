@@ -6,7 +6,7 @@ import datetime as dt
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..items import check_session_id, encode_item
 from ..schema import METADATA_MAX_BYTES
@@ -15,12 +15,17 @@ __all__ = [
     "DeleteResult",
     "ExportResult",
     "ImportResult",
+    "OnConflict",
     "SessionInfo",
     "SessionPage",
     "decode_metadata",
     "encode_metadata",
     "merge_patch",
 ]
+
+
+#: What an import or copy does with a session that already exists.
+OnConflict = Literal["skip", "replace", "append"]
 
 
 @dataclass(frozen=True)

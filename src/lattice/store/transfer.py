@@ -25,7 +25,7 @@ from ..dialects import rules
 from . import jsonl
 from .core import StoreCore
 from .jsonl import Item
-from .listing import Filters
+from .listing import FilterArgs, Filters
 from .model import (
     ExportResult,
     ImportResult,
@@ -361,9 +361,8 @@ def _finish_file(partial: Path, final: Path, ok: bool) -> None:
 async def export_jsonl(
     store: StoreCore,
     destination: str | Path | IO[str],
+    filter_args: FilterArgs,
     *,
-    prefix: str | None,
-    owner: str | None,
     progress: Progress | None,
 ) -> ExportResult:
     """See :meth:`lattice.SessionStore.export_jsonl`.
@@ -371,7 +370,7 @@ async def export_jsonl(
     A path is written as ``<path>.partial`` and renamed when complete, so a
     failed export never leaves a file that looks whole.
     """
-    filters = Filters.make(prefix=prefix, owner=owner)
+    filters = Filters.make(**filter_args)
     if isinstance(destination, (str, Path)):
         final = Path(destination)
         partial = final.with_name(final.name + ".partial")
@@ -452,17 +451,16 @@ async def _import(
 async def copy_sessions(
     source: StoreCore,
     target: StoreCore,
+    filter_args: FilterArgs,
     *,
     on_conflict: str,
-    prefix: str | None,
-    owner: str | None,
     progress: Progress | None,
 ) -> ImportResult:
     """See :meth:`lattice.SessionStore.copy_to`."""
     _check_policy(on_conflict)
     if source.engine is target.engine and source.tables is target.tables:
         raise ValueError("copy_to needs another store: a different database or other tables")
-    filters = Filters.make(prefix=prefix, owner=owner)
+    filters = Filters.make(**filter_args)
     writer = _Writer(target, on_conflict, progress)
     if source.engine is not target.engine:
         return await writer.run(_db_records(source, filters))

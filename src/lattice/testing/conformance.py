@@ -1,4 +1,13 @@
-"""Behaviour every Lattice backend (and any other ``Session``) must show."""
+"""The session contract, as the Agents SDK's Runner relies on it: any ``Session`` must pass.
+
+:class:`SessionConformance` checks behaviour only, never Lattice's wording
+or its own rules: items come back equal and in order, limits return the
+latest items, pops hand out the newest item exactly once, a batch is stored
+whole or not at all, sessions are isolated, and two objects with one id
+share a history. Lattice's stricter promises (exact JSON text, which items
+and ids it refuses, its messages) are in
+:class:`lattice.testing.LatticeConformance`, which Lattice's own backends pass.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +21,15 @@ from typing import Any
 
 import pytest
 
-from ..protocol import Session, SessionSettings
+from ..protocol import Session
 
-__all__ = ["SessionConformance", "SessionFactory", "hostile_items", "tricky_items"]
+__all__ = [
+    "SessionConformance",
+    "SessionFactory",
+    "hostile_items",
+    "tricky_items",
+    "unencodable_items",
+]
 
 SessionFactory = Callable[..., Session]
 
@@ -63,11 +78,43 @@ def _text(items: list[Any]) -> str:
     return json.dumps(items)
 
 
-class SessionConformance:
-    """The shared behaviour tests. Subclass it and provide ``session_factory``."""
+async def _any_id_works(session_factory: SessionFactory, raw_id: str) -> None:
+    session = session_factory(raw_id)
+    await session.clear_session()
+    neighbour = session_factory(raw_id[:-1] + ("y" if raw_id[-1] != "y" else "z"))
+    await neighbour.clear_session()
+    await session.add_items([{"id": raw_id}])
+    assert session.session_id == raw_id
+    assert await session_factory(raw_id).get_items() == [{"id": raw_id}]
+    assert await neighbour.get_items() == []
+    assert await session.pop_item() == {"id": raw_id}
 
-    # Largest item the backend under test accepts; tests go just past it.
-    max_item_bytes: int = 16 * 1024 * 1024
+
+def unencodable_items() -> list[tuple[str, Any]]:
+    """Items JSON cannot encode at all: every session must refuse them (label, item)."""
+    return [
+        ("datetime", {"at": dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)}),
+        ("decimal", {"amount": decimal.Decimal("1.10")}),
+        ("uuid", {"id": uuid.UUID(int=1)}),
+        ("bytes", {"blob": b"\x00\x01"}),
+        ("set", {"tags": {"a"}}),
+        ("tuple key", {("a", "b"): 1}),
+    ]
+
+
+class SessionConformance:
+    """The contract's tests. Subclass it in a test module and provide ``session_factory``.
+
+    ``session_factory(session_id, session_settings=None)`` returns a session;
+    sessions of one test share one store. Set ``supports_settings = False``
+    for a session that takes no ``session_settings``.
+    """
+
+    # The tests are coroutines: run them whatever pytest-asyncio's mode.
+    pytestmark = pytest.mark.asyncio
+
+    #: Whether sessions take ``session_settings`` (a default ``limit``).
+    supports_settings: bool = True
 
     @pytest.fixture
     def session_factory(self) -> SessionFactory:
@@ -90,17 +137,13 @@ class SessionConformance:
 
     # -- round trip and order ------------------------------------------------
 
-    async def test_exact_round_trip(self, session_factory: SessionFactory) -> None:
+    async def test_round_trip(self, session_factory: SessionFactory) -> None:
         session = session_factory(_sid("round-trip"))
         items = tricky_items()
         await session.add_items(items)
-        back = await session.get_items()
-        assert _text(back) == _text(items)
-        assert json.dumps(back, ensure_ascii=False) == json.dumps(items, ensure_ascii=False)
-        for got, sent in zip(back, items, strict=True):
-            assert list(got) == list(sent), "key order changed"
-        # A fresh object reads the same text.
-        assert _text(await session_factory(session.session_id).get_items()) == _text(items)
+        assert await session.get_items() == items
+        # A fresh object with the same id reads the same items.
+        assert await session_factory(session.session_id).get_items() == items
 
     async def test_batches_keep_order(self, session_factory: SessionFactory) -> None:
         session = session_factory(_sid("order"))
@@ -129,12 +172,13 @@ class SessionConformance:
         assert await session.get_items(limit=10) == [{"n": n} for n in range(10)]
         assert await session.get_items(limit=50) == [{"n": n} for n in range(10)]
         assert await session.get_items(limit=0) == []
-        assert await session.get_items(limit=-1) == []
         assert await session.get_items(limit=None) == [{"n": n} for n in range(10)]
 
     async def test_settings_limit_is_the_default(self, session_factory: SessionFactory) -> None:
+        if not self.supports_settings:
+            pytest.skip("this session takes no session_settings (supports_settings = False)")
         sid = _sid("settings")
-        session = session_factory(sid, session_settings=SessionSettings(limit=2))
+        session = session_factory(sid, session_settings={"limit": 2})
         await session.add_items([{"n": n} for n in range(5)])
         assert await session.get_items() == [{"n": 3}, {"n": 4}]
         assert await session.get_items(limit=4) == [{"n": n} for n in range(1, 5)]
@@ -162,7 +206,7 @@ class SessionConformance:
         items = tricky_items()
         await session.add_items(items)
         popped = [await session.pop_item() for _ in items]
-        assert _text(popped[::-1]) == _text(items)
+        assert popped[::-1] == items
 
     async def test_clear_touches_only_its_session(self, session_factory: SessionFactory) -> None:
         mine, other = session_factory(_sid("clear-a")), session_factory(_sid("clear-b"))
@@ -175,35 +219,21 @@ class SessionConformance:
         await mine.add_items([{"a": 3}])
         assert await mine.get_items() == [{"a": 3}]
 
-    # -- bad input -------------------------------------------------------------
+    # -- bad input: refused whole, whatever the message -------------------------------
 
     @pytest.mark.parametrize(
-        ("label", "bad", "error"), hostile_items(), ids=[h[0] for h in hostile_items()]
+        ("label", "bad"), unencodable_items(), ids=[u[0] for u in unencodable_items()]
     )
-    async def test_bad_item_is_refused_whole(
-        self, session_factory: SessionFactory, label: str, bad: Any, error: type[Exception]
+    async def test_unencodable_item_is_refused_whole(
+        self, session_factory: SessionFactory, label: str, bad: Any
     ) -> None:
         session = session_factory(_sid("bad"))
         await session.add_items([{"keep": True}])
-        with pytest.raises(error, match=r"item 2\b") as caught:
+        with pytest.raises((TypeError, ValueError)):
             await session.add_items([{"ok": 1}, {"ok": 2}, bad, {"ok": 3}])
-        assert str(caught.value)
         assert await session.get_items() == [{"keep": True}]
 
-    async def test_oversized_item_is_refused(self, session_factory: SessionFactory) -> None:
-        session = session_factory(_sid("big"))
-        big = {"content": "x" * (self.max_item_bytes + 1)}
-        with pytest.raises(ValueError, match=r"item 1\b.*bytes"):
-            await session.add_items([{"ok": 1}, big])
-        assert await session.get_items() == []
-
-    async def test_items_must_be_a_list(self, session_factory: SessionFactory) -> None:
-        session = session_factory(_sid("not-list"))
-        with pytest.raises(TypeError):
-            await session.add_items({"role": "user"})  # type: ignore[arg-type]
-        assert await session.get_items() == []
-
-    # -- session ids -----------------------------------------------------------
+    # -- session ids: any text, compared exactly -----------------------------------
 
     @pytest.mark.parametrize(
         "raw_id",
@@ -214,22 +244,11 @@ class SessionConformance:
             "emoji 🧠 id ✨",
             "tab\tand\nnewline",
             "back\\slash",
-            "x" * 255,
-            "é" * 255,
-            "🚀" * 255,
         ],
-        ids=["quotes", "percent", "sql", "emoji", "control", "backslash", "255", "255x2", "255x4"],
+        ids=["quotes", "percent", "sql", "emoji", "control", "backslash"],
     )
     async def test_any_session_id_works(self, session_factory: SessionFactory, raw_id: str) -> None:
-        session = session_factory(raw_id)
-        await session.clear_session()
-        neighbour = session_factory(raw_id[:-1] + ("y" if raw_id[-1] != "y" else "z"))
-        await neighbour.clear_session()
-        await session.add_items([{"id": raw_id}])
-        assert session.session_id == raw_id
-        assert await session_factory(raw_id).get_items() == [{"id": raw_id}]
-        assert await neighbour.get_items() == []
-        assert await session.pop_item() == {"id": raw_id}
+        await _any_id_works(session_factory, raw_id)
 
     async def test_ids_compare_byte_for_byte(self, session_factory: SessionFactory) -> None:
         base = _sid("bob")
@@ -241,13 +260,6 @@ class SessionConformance:
         composed, decomposed = "café-" + base, "cafe\u0301-" + base
         await session_factory(composed).add_items([{"form": "nfc"}])
         assert await session_factory(decomposed).get_items() == []
-
-    @pytest.mark.parametrize("bad_id", ["", "x" * 256], ids=["empty", "256"])
-    async def test_bad_session_id_is_refused(
-        self, session_factory: SessionFactory, bad_id: str
-    ) -> None:
-        with pytest.raises(ValueError, match="session_id"):
-            session_factory(bad_id)
 
     # -- several objects, concurrency --------------------------------------------
 
