@@ -7,7 +7,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,7 +18,7 @@ from .dialects import Statements, is_mysql, is_transient_conflict, statements
 from .errors import WriteOutcomeUnknownError
 from .fastpath import Runner, Step
 from .items import DEFAULT_MAX_ITEM_BYTES, decode_item, encode_items
-from .protocol import SessionABC, SessionSettings, coerce_settings, resolve_limit
+from .protocol import DefaultSettings, InputItem, InputItems, SessionABC
 from .schema import (
     DEFAULT_MESSAGES_TABLE,
     DEFAULT_SESSIONS_TABLE,
@@ -28,6 +28,9 @@ from .schema import (
     lattice_tables,
     utc_now,
 )
+
+if TYPE_CHECKING:
+    from .protocol import SessionSettings
 
 __all__ = ["SQLAlchemySession", "check_session_id"]
 
@@ -80,7 +83,7 @@ async def _finish(task: asyncio.Future[_T]) -> _T:
     return task.result()
 
 
-class SQLAlchemySession(SessionABC):
+class SQLAlchemySession(DefaultSettings, SessionABC):
     """A conversation kept in two SQL tables through an async SQLAlchemy engine.
 
     Args:
@@ -95,8 +98,6 @@ class SQLAlchemySession(SessionABC):
             SDK's class, or a dict).
         max_item_bytes: Largest accepted item, in bytes of UTF-8 JSON.
     """
-
-    session_settings: SessionSettings | None
 
     def __init__(
         self,
@@ -132,7 +133,7 @@ class SQLAlchemySession(SessionABC):
         max_item_bytes: int,
     ) -> None:
         self.session_id = check_session_id(session_id)
-        self.session_settings = coerce_settings(session_settings)
+        self._set_settings(session_settings)
         if isinstance(max_item_bytes, bool) or not isinstance(max_item_bytes, int):
             raise TypeError("max_item_bytes must be an int")
         if max_item_bytes < 1:
@@ -371,13 +372,13 @@ class SQLAlchemySession(SessionABC):
 
     # -- the Session protocol --------------------------------------------------
 
-    async def get_items(self, limit: int | None = None) -> list[dict[str, Any]]:
+    async def get_items(self, limit: int | None = None) -> list[InputItem]:
         """Return the latest ``limit`` items, oldest first.
 
         ``limit=None`` falls back to ``session_settings.limit``, then to the
         whole history; a limit of 0 or less returns ``[]``.
         """
-        limit = resolve_limit(limit, self.session_settings)
+        limit = self._limit(limit)
         if limit is not None and limit <= 0:
             return []
         bound = await self._bind()
@@ -387,9 +388,9 @@ class SQLAlchemySession(SessionABC):
                 async with state.exclusive(), self._transaction(bound, reading=True) as run:
                     if limit is None:
                         rows = await run.rows("select_all", {"sid": self.session_id})
-                        return [decode_item(row[0]) for row in rows]
+                        return cast("list[InputItem]", [decode_item(row[0]) for row in rows])
                     rows = await run.rows("select_latest", {"sid": self.session_id, "lim": limit})
-                    return [decode_item(row[0]) for row in reversed(rows)]
+                    return cast("list[InputItem]", [decode_item(row[0]) for row in reversed(rows)])
             except DBAPIError as exc:
                 # A connection that died while idle in the pool (server restart):
                 # the pool is already invalidated, so one more try reconnects.
@@ -397,7 +398,7 @@ class SQLAlchemySession(SessionABC):
                     raise
         raise AssertionError("unreachable")
 
-    async def add_items(self, items: list[dict[str, Any]]) -> None:
+    async def add_items(self, items: InputItems) -> None:
         """Append ``items`` as one batch: all are stored, contiguous, or none.
 
         Raises:
@@ -449,7 +450,7 @@ class SQLAlchemySession(SessionABC):
                     "max_allowed_packet on the server or store smaller items"
                 )
 
-    async def pop_item(self) -> dict[str, Any] | None:
+    async def pop_item(self) -> InputItem | None:
         """Remove and return the newest item, or ``None`` if there is none.
 
         Each item goes to exactly one caller. If this call is cancelled after
@@ -516,7 +517,7 @@ class SQLAlchemySession(SessionABC):
             if isinstance(exc.result, tuple):
                 exc.result = decode_item(exc.result[1])
             raise
-        return None if popped is None else decode_item(popped[1])
+        return None if popped is None else cast("InputItem", decode_item(popped[1]))
 
     async def _put_back(self, popped: tuple[int, str, str]) -> None:
         """Return a popped item to its old place (its caller was cancelled).

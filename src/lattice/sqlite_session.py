@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
 
 from . import engines
 from .items import DEFAULT_MAX_ITEM_BYTES
-from .protocol import SessionSettings
 from .schema import lattice_tables
 from .sqlalchemy_session import SQLAlchemySession
+
+if TYPE_CHECKING:
+    from .protocol import SessionSettings
 
 __all__ = ["SQLiteSession"]
 

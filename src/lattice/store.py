@@ -32,7 +32,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from . import engines
 from .dialects import is_transient_conflict
 from .items import DEFAULT_MAX_ITEM_BYTES
-from .protocol import SessionSettings
 from .schema import (
     DEFAULT_MESSAGES_TABLE,
     DEFAULT_SESSIONS_TABLE,
@@ -59,6 +58,8 @@ from .store_query import (
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+    from .protocol import SessionSettings
 
 __all__ = [
     "DeleteResult",

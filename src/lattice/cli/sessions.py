@@ -16,7 +16,7 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -248,7 +248,8 @@ def show_command(
         info = await store.get_info(session_id)
         if info is None:
             return None, []
-        return info, await store.session(session_id).get_items(limit=items) if items else []
+        latest = await store.session(session_id).get_items(limit=items) if items else []
+        return info, cast("list[dict[str, Any]]", latest)
 
     info, latest = _run(url, work)
     if info is None:
