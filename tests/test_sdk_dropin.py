@@ -139,8 +139,7 @@ def test_import_lattice_and_a_session_do_not_import_the_sdk() -> None:
 def test_a_user_script_passes_mypy_strict() -> None:
     script = ROOT / "tests" / "typed" / "sdk_user.py"
     done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
-         str(script)],
+        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", str(script)],
         capture_output=True,
         text=True,
         timeout=600,

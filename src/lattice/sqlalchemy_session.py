@@ -39,6 +39,8 @@ _Bound = tuple[AsyncEngine, Statements, engines.EngineState]
 _UNSET: Any = object()
 # How often a transaction the server rolled back (deadlock, lock timeout) is rerun.
 _CONFLICT_RETRIES = 5
+# How often create_tables tries CREATE (more than the tables and indexes to make).
+_CREATE_ATTEMPTS = 8
 # The first character of a clear_session's write token. Other writes' tokens
 # are random hex, so a put-back can tell from the ring whether a clear
 # committed after the pop it undoes (see SQLAlchemySession._put_back).
@@ -223,14 +225,20 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
             if self._tables in state.created:
                 return
             async with state.exclusive():
-                try:
-                    async with engine.begin() as conn:
-                        await conn.run_sync(self._tables.metadata.create_all)
-                except (IntegrityError, ProgrammingError, OperationalError):
-                    # Another process created them between our check and
-                    # CREATE; check again, and re-raise if they are still missing.
-                    async with engine.begin() as conn:
-                        await conn.run_sync(self._tables.metadata.create_all)
+                for attempt in range(_CREATE_ATTEMPTS):
+                    try:
+                        async with engine.begin() as conn:
+                            await conn.run_sync(self._tables.metadata.create_all)
+                        break
+                    except (IntegrityError, ProgrammingError, OperationalError):
+                        # Another process created a table or index between our
+                        # check and CREATE (or held SQLite's write lock): check
+                        # again. Each such failure means one more object exists,
+                        # so a few rounds settle it (issue 13 #8: one retry was
+                        # not enough with three or more processes starting at once).
+                        if attempt == _CREATE_ATTEMPTS - 1:
+                            raise
+                        await asyncio.sleep(0.02 * (attempt + 1))
             state.created.add(self._tables)
 
     def _transaction(
