@@ -92,7 +92,6 @@ def test_close_sdk_control(where: str, tmp_path: Path) -> None:
         asyncio.run(session.get_items())
 
 
-@gap(1)
 @pytest.mark.parametrize("where", ["memory", "file"])
 async def test_sqlite_session_close(where: str, tmp_path: Path) -> None:
     path = ":memory:" if where == "memory" else tmp_path / "a.db"
@@ -107,7 +106,6 @@ async def test_sqlite_session_close(where: str, tmp_path: Path) -> None:
         assert await SQLiteSession("x", path).get_items() == [msg("hi")]
 
 
-@gap(1)
 async def test_close_of_a_from_url_session_leaves_the_shared_engine(
     backend: str, tables: LatticeTables, tmp_path: Path
 ) -> None:
@@ -126,7 +124,6 @@ async def test_close_of_a_from_url_session_leaves_the_shared_engine(
 # -- #3 constructor signatures ------------------------------------------------------
 
 
-@gap(3)
 async def test_sqlite_session_takes_the_sdks_positional_arguments(tmp_path: Path) -> None:
     path = tmp_path / "named.db"
     session = SQLiteSession("x", path, "my_sessions", "my_messages", {"limit": 1})
@@ -137,7 +134,12 @@ async def test_sqlite_session_takes_the_sdks_positional_arguments(tmp_path: Path
         assert raw.execute("SELECT count(*) FROM my_sessions").fetchone() == (1,)
 
 
-@gap(3)
+def test_settings_in_the_old_third_position_are_refused_by_name() -> None:
+    """Lattice once took session_settings third; the SDK's order puts a table name there."""
+    with pytest.raises(TypeError, match=r"sessions_table must be a str.*session_settings="):
+        SQLiteSession("x", ":memory:", {"limit": 1})  # type: ignore[arg-type]
+
+
 async def test_ensure_ascii_is_accepted(engine: AsyncEngine, tables: LatticeTables) -> None:
     escaped = on(engine, tables, "ascii", ensure_ascii=True)
     plain = on(engine, tables, "utf8", ensure_ascii=False)
@@ -331,7 +333,6 @@ async def test_encrypted_pop_with_a_wrong_key_removes_nothing(
 # -- #9 rows that are not JSON ------------------------------------------------------------
 
 
-@gap(9)
 async def test_a_non_json_row_is_skipped_with_a_warning(
     engine: AsyncEngine, tables: LatticeTables, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import engines, fastpath
+from . import compat, engines, fastpath
 from ._aio import outlast_cancellation
 from .dialects import Statements, is_mysql, is_transient_conflict, statements
 from .errors import WriteOutcomeUnknownError
@@ -98,6 +98,10 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
         messages_table: Name of the messages table.
         session_settings: Default read settings (``SessionSettings``, the Agents
             SDK's class, or a dict).
+        ensure_ascii: Store items with ``\\uXXXX`` escapes for non-ASCII text,
+            as the Agents SDK's ``SQLAlchemySession`` does by default. Lattice's
+            default, ``False``, stores UTF-8 text as itself (smaller, readable,
+            searchable); both read back the same items.
         max_item_bytes: Largest accepted item, in bytes of UTF-8 JSON.
     """
 
@@ -110,6 +114,7 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
         sessions_table: str = DEFAULT_SESSIONS_TABLE,
         messages_table: str = DEFAULT_MESSAGES_TABLE,
         session_settings: SessionSettings | dict[str, Any] | None = None,
+        ensure_ascii: bool = False,
         max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
     ) -> None:
         engines.check_engine(engine, "SQLAlchemySession")
@@ -119,8 +124,10 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
             tables=lattice_tables(sessions_table, messages_table),
             session_settings=session_settings,
             max_item_bytes=max_item_bytes,
+            ensure_ascii=ensure_ascii,
         )
         self._fixed_engine: AsyncEngine | None = engine
+        self._owns_engine = False
         self._url: Any = None
         self._engine_kwargs: dict[str, Any] = {}
         self._engine_key: tuple[str, str] | None = None
@@ -133,8 +140,13 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
         tables: LatticeTables,
         session_settings: Any,
         max_item_bytes: int,
+        ensure_ascii: bool = False,
     ) -> None:
         self.session_id = check_session_id(session_id)
+        if not isinstance(ensure_ascii, bool):
+            raise TypeError(f"ensure_ascii must be a bool, not {type(ensure_ascii).__name__}")
+        self._ensure_ascii = ensure_ascii
+        self._closed = False
         self._set_settings(session_settings)
         if isinstance(max_item_bytes, bool) or not isinstance(max_item_bytes, int):
             raise TypeError("max_item_bytes must be an int")
@@ -171,7 +183,9 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
         parsed = engines.normalize_url(url)
         options = dict(engine_kwargs or {})
         if engines.is_sqlite_memory(parsed):
-            return cls(session_id, engine=engines.make_engine(parsed, **options), **kwargs)
+            made = cls(session_id, engine=engines.make_engine(parsed, **options), **kwargs)
+            made._owns_engine = True
+            return made
         self = cls.__new__(cls)
         self._init(
             session_id,
@@ -182,10 +196,12 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
             ),
             session_settings=kwargs.pop("session_settings", None),
             max_item_bytes=kwargs.pop("max_item_bytes", DEFAULT_MAX_ITEM_BYTES),
+            ensure_ascii=kwargs.pop("ensure_ascii", False),
         )
         if kwargs:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
         self._fixed_engine = None
+        self._owns_engine = False
         self._url = parsed
         self._engine_kwargs = options
         self._engine_key = engines.shared_engine_key(parsed, options)
@@ -208,9 +224,31 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(session_id={self.session_id!r})"
 
+    def close(self) -> None:
+        """Close the session: every later call raises ``RuntimeError`` (as in the SDK).
+
+        Synchronous and idempotent, like the SDK's ``SQLiteSession.close()``.
+        The stored items stay. An engine the session owns (in-memory SQLite)
+        is disposed, on the running event loop if there is one; an engine
+        passed in, or shared by ``from_url`` sessions, is left alone.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        owned = self._fixed_engine if self._owns_engine else None
+        if owned is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop: its connection goes with the object
+        self._disposing = loop.create_task(owned.dispose())
+
     # -- plumbing ------------------------------------------------------------
 
     async def _bind(self) -> tuple[AsyncEngine, Statements, engines.EngineState]:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
         engine = self.engine
         bound = self._bound
         if bound is None or bound[0] is not engine:
@@ -396,9 +434,19 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
                 async with state.exclusive(), self._transaction(bound, reading=True) as run:
                     if limit is None:
                         rows = await run.rows("select_all", {"sid": self.session_id})
-                        return cast("list[InputItem]", [decode_item(row[0]) for row in rows])
-                    rows = await run.rows("select_latest", {"sid": self.session_id, "lim": limit})
-                    return cast("list[InputItem]", [decode_item(row[0]) for row in reversed(rows)])
+                        items = compat.decode_rows([r[0] for r in rows], self.session_id)
+                        return cast("list[InputItem]", items)
+                    # A row that is not JSON is skipped, and the limit counts
+                    # readable items (as the SDK's does): widen the window.
+                    window = limit
+                    while True:
+                        params = {"sid": self.session_id, "lim": window}
+                        rows = await run.rows("select_latest", params)
+                        texts = [row[0] for row in reversed(rows)]
+                        items = compat.decode_rows(texts, self.session_id)
+                        if len(items) >= limit or len(rows) < window:
+                            return cast("list[InputItem]", items[-limit:])
+                        window *= 2
             except DBAPIError as exc:
                 # A connection that died while idle in the pool (server restart):
                 # the pool is already invalidated, so one more try reconnects.
@@ -414,8 +462,12 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
             ValueError: an item holds NaN/Infinity or invalid text, or is too large.
         """
         texts = encode_items(items, self._max_item_bytes)
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
         if not texts:
             return
+        if self._ensure_ascii:
+            texts = compat.ascii_texts(items)
         session_id = self.session_id
         engine, _, state = await self._bind()
         mysql = is_mysql(engine.dialect)
