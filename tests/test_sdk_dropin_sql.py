@@ -306,7 +306,6 @@ async def test_wrong_key_pop_sdk_control() -> None:
     sdk.close()
 
 
-@gap(6)
 async def test_pop_with_validation_keeps_a_refused_item(
     engine: AsyncEngine, tables: LatticeTables
 ) -> None:
@@ -322,7 +321,12 @@ async def test_pop_with_validation_keeps_a_refused_item(
     assert await session._pop_item_with_validation(lambda item: None) == msg("b")  # type: ignore[attr-defined]
 
 
-@gap(6)
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 13 #6: EncryptedSession 0.24 calls _pop_item_with_validation only when "
+    "its underlying session is the SDK's own SQLiteSession (isinstance and pop_item identity), "
+    "so Lattice's hook is not used; flips if a release widens that check",
+)
 async def test_encrypted_pop_with_a_wrong_key_removes_nothing(
     engine: AsyncEngine, tables: LatticeTables
 ) -> None:

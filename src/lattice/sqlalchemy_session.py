@@ -579,6 +579,41 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
             raise
         return None if popped is None else cast("InputItem", decode_item(popped[1]))
 
+    async def _pop_item_with_validation(
+        self, validate: Callable[[InputItem], None] | None = None
+    ) -> InputItem | None:
+        """``pop_item``, with ``validate(item)`` run before the removal commits.
+
+        The Agents SDK's optional hook (its ``EncryptedSession`` authenticates
+        the ciphertext this way). If ``validate`` raises, the transaction rolls
+        back: the item keeps its place and id, and the exception propagates.
+        It takes the generic route of a pop (lock the session row, read the
+        newest item, validate, delete, commit) on every backend, rather than
+        the one-statement pops of ``pop_item``, as the item must be seen
+        before it is deleted.
+        """
+        session_id = self.session_id
+
+        async def body(run: Runner, token: str) -> tuple[int, str, str] | None:
+            sid = {"sid": session_id}
+            lock = Step("count", "lock_session_pop", {**sid, "now": utc_now(), "token": token})
+            locked, rows = await run.steps([lock, Step("rows", "select_newest", sid)], commit=False)
+            if not rows:
+                if locked:
+                    await run.rollback()  # undo the count decrement taken with the lock
+                return None
+            mid, data = int(rows[0][0]), rows[0][1]
+            if validate is not None:
+                validate(cast("InputItem", decode_item(data)))  # raising rolls back
+            run.if_committed = mid, data, token
+            await run.steps([Step("count", "delete_by_id", {"mid": mid})])
+            return mid, data, token
+
+        popped: tuple[int, str, str] | None = await self._mutate(
+            lambda: self._write(body), undo=self._put_back
+        )
+        return None if popped is None else cast("InputItem", decode_item(popped[1]))
+
     async def _put_back(self, popped: tuple[int, str, str]) -> None:
         """Return a popped item to its old place (its caller was cancelled).
 
