@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,9 +29,10 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lattice import SQLAlchemySession, SQLiteSession, dispose_engines
+from lattice.integrations.transcript import transcript
 from lattice.schema import LatticeTables
 
-from .conftest import backend_url
+from .conftest import backend_url, temporary_tables
 from .test_core import _session as on
 
 KEY = "a-high-entropy-test-key-0123456789abcdef"
@@ -273,7 +275,6 @@ async def test_replace_items_is_atomic_for_readers(
 # -- #5 run context --------------------------------------------------------------------
 
 
-@gap(5)
 async def test_sessions_take_the_run_context(engine: AsyncEngine, tables: LatticeTables) -> None:
     from agents.memory.session import _session_accepts_wrapper
 
@@ -284,6 +285,49 @@ async def test_sessions_take_the_run_context(engine: AsyncEngine, tables: Lattic
     assert await session.get_items(wrapper=wrapper) == [msg("a")]  # type: ignore[call-arg]
     assert await session.pop_item(wrapper=wrapper) == msg("a")  # type: ignore[call-arg]
     await session.clear_session(wrapper=wrapper)  # type: ignore[call-arg]
+
+
+@dataclass
+class Tenant:
+    name: str
+
+
+async def test_routed_session_picks_the_tenants_tables_from_the_run_context(
+    engine: AsyncEngine, tables: LatticeTables
+) -> None:
+    from lattice.routing import RoutedSession
+
+    async with temporary_tables(engine, prefix="lb") as other:
+        per_tenant = {"acme": tables, "globex": other}
+
+        def route(context: Tenant | None) -> SQLAlchemySession:
+            if context is None:
+                raise LookupError("no tenant outside a run")
+            return on(engine, per_tenant[context.name], "conv")
+
+        session = RoutedSession("conv", route)
+        model = ScriptedModel([[assistant_message(f"reply {i}")] for i in range(3)])
+        agent = Agent(name="a", model=model)
+        await Runner.run(agent, "acme 1", session=session, context=Tenant("acme"), run_config=QUIET)
+        await Runner.run(
+            agent, "globex 1", session=session, context=Tenant("globex"), run_config=QUIET
+        )
+        await Runner.run(agent, "acme 2", session=session, context=Tenant("acme"), run_config=QUIET)
+        # The third run saw acme's history only.
+        assert transcript(model.calls[2].input) == [
+            ("user", "acme 1"),
+            ("assistant", "reply 0"),
+            ("user", "acme 2"),
+        ]
+        assert len(await on(engine, tables, "conv").get_items()) == 4
+        assert transcript(await on(engine, other, "conv").get_items()) == [
+            ("user", "globex 1"),
+            ("assistant", "reply 1"),
+        ]
+        with pytest.raises(LookupError, match="no tenant"):
+            await session.get_items()
+        with pytest.raises(TypeError, match="route returned a str"):
+            await RoutedSession("x", lambda ctx: "nope").get_items()  # type: ignore[arg-type,return-value]
 
 
 # -- #6 encryption-safe pops -----------------------------------------------------------

@@ -418,8 +418,11 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
 
     # -- the Session protocol --------------------------------------------------
 
-    async def get_items(self, limit: int | None = None) -> list[InputItem]:
+    async def get_items(self, limit: int | None = None, *, wrapper: Any = None) -> list[InputItem]:
         """Return the latest ``limit`` items, oldest first.
+
+        ``wrapper`` (the Agents SDK's run context, passed by its Runner) is
+        accepted and not used; see :class:`lattice.routing.RoutedSession`.
 
         ``limit=None`` falls back to ``session_settings.limit``, then to the
         whole history; a limit of 0 or less returns ``[]``.
@@ -454,7 +457,7 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
                     raise
         raise AssertionError("unreachable")
 
-    async def add_items(self, items: InputItems) -> None:
+    async def add_items(self, items: InputItems, *, wrapper: Any = None) -> None:
         """Append ``items`` as one batch: all are stored, contiguous, or none.
 
         Raises:
@@ -510,7 +513,7 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
                     "max_allowed_packet on the server or store smaller items"
                 )
 
-    async def pop_item(self) -> InputItem | None:
+    async def pop_item(self, *, wrapper: Any = None) -> InputItem | None:
         """Remove and return the newest item, or ``None`` if there is none.
 
         Each item goes to exactly one caller. If this call is cancelled after
@@ -652,7 +655,7 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
 
         await self._write(body)
 
-    async def clear_session(self) -> None:
+    async def clear_session(self, *, wrapper: Any = None) -> None:
         """Remove every item of this session; other sessions are untouched."""
         session_id = self.session_id
 
