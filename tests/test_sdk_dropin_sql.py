@@ -219,7 +219,6 @@ async def test_auto_compaction_sdk_control() -> None:
     sdk.close()
 
 
-@gap(4)
 async def test_auto_compaction_over_a_session_with_a_limit(
     engine: AsyncEngine, tables: LatticeTables
 ) -> None:
@@ -230,7 +229,6 @@ async def test_auto_compaction_over_a_session_with_a_limit(
     assert "SUMMARY" in json.dumps(stored) and "old 0" in json.dumps(stored)
 
 
-@gap(4)
 async def test_compaction_snapshot_compares_and_replaces_its_suffix(
     engine: AsyncEngine, tables: LatticeTables
 ) -> None:
@@ -249,7 +247,6 @@ async def test_compaction_snapshot_compares_and_replaces_its_suffix(
     assert len(await session.get_items()) == 5
 
 
-@gap(4)
 async def test_replace_items_is_atomic_for_readers(
     engine: AsyncEngine, tables: LatticeTables
 ) -> None:
@@ -270,6 +267,22 @@ async def test_replace_items_is_atomic_for_readers(
     await asyncio.gather(read(), replace())
     assert 0 not in seen and set(seen) <= {1, 2}
     assert await session.get_items() == [msg("r29"), msg("tail")]
+
+
+async def test_replace_items_checks_first_and_makes_the_session(
+    engine: AsyncEngine, tables: LatticeTables
+) -> None:
+    session = on(engine, tables, "replace-check")
+    await session.add_items([msg("kept")])
+    with pytest.raises(ValueError, match="item 1"):
+        await session.replace_items([msg("ok"), {"x": float("nan")}])
+    assert await session.get_items() == [msg("kept")]
+    await session.replace_items([])
+    assert await session.get_items() == []
+    fresh = on(engine, tables, "replace-new")
+    await fresh.replace_items([msg("a"), msg("b")])
+    assert await fresh.pop_item() == msg("b")
+    assert await fresh.get_items() == [msg("a")]
 
 
 # -- #5 run context --------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import compat, engines, fastpath
+from . import compaction, compat, engines, fastpath
 from ._aio import outlast_cancellation
 from .dialects import Statements, is_mysql, is_transient_conflict, statements
 from .errors import WriteOutcomeUnknownError
@@ -654,6 +654,35 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
             )
 
         await self._write(body)
+
+    # -- whole-history replacement and the SDK's compaction hooks (lattice.compaction)
+
+    async def replace_items(self, items: InputItems) -> None:
+        """Replace the whole history with ``items`` in one transaction.
+
+        Readers see the old history or the new one, never a gap; a failure
+        or a crash leaves the old one. For compacting history your own way.
+
+        Raises:
+            TypeError, ValueError: an item cannot be stored (as for ``add_items``).
+        """
+        await compaction.replace_all(self, items)
+
+    async def _atomic_replace_items(self, items: list[InputItem]) -> bool:
+        """The Agents SDK's hook: ``replace_items``; ``False`` for a subclass that
+        changes how items are stored (it must replace them its own way)."""
+        if not compaction.unchanged_behaviour(self):
+            return False
+        await compaction.replace_all(self, items)
+        return True
+
+    async def _get_compaction_snapshot(
+        self, limit: int, *, prune_prefix: Callable[[InputItem], bool] | None = None
+    ) -> Any:
+        """The Agents SDK's hook for automatic compaction (see :mod:`lattice.compaction`)."""
+        if not compaction.unchanged_behaviour(self):
+            return None
+        return await compaction.compaction_snapshot(self, limit, prune_prefix)
 
     async def clear_session(self, *, wrapper: Any = None) -> None:
         """Remove every item of this session; other sessions are untouched."""
