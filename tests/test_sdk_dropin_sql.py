@@ -409,6 +409,15 @@ async def test_a_non_json_row_is_skipped_with_a_warning(
         # As in the SDK, a limit counts the readable items.
         assert await session.get_items(limit=2) == [msg("a"), msg("b")]
     assert "not valid JSON" in caplog.text and "corrupt" in caplog.text
+    # A pop removes it on its way, as the SDK's does, and returns the next item.
+    assert await session.pop_item() == msg("b")
+    assert await session.pop_item() == msg("a")
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(tables.messages).values(session_id="corrupt", message_data="[1, 2")
+        )
+    assert await session._pop_item_with_validation(lambda item: None) is None
+    assert await session.pop_item() is None
 
 
 # -- #8 create_tables across processes -------------------------------------------------

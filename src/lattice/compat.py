@@ -28,11 +28,15 @@ def ascii_texts(items: Iterable[Any]) -> list[str]:
     return [_ASCII_ENCODER.encode(item) for item in items]
 
 
-def decode_rows(texts: Sequence[str], session_id: str) -> list[dict[str, Any]]:
-    """Decode stored item texts, skipping (and logging) any that are not JSON objects.
+def decode_rows(
+    texts: Sequence[str], session_id: str, done: str = "skipped"
+) -> list[dict[str, Any]]:
+    """Decode stored item texts, leaving out (and logging) any that are not JSON objects.
 
     Lattice never writes such a row, but another program sharing the tables
     may; the Agents SDK skips them too, rather than failing every read.
+    ``done`` says what happened to such a row, for the warning ("skipped" by
+    a read, "removed" by a pop).
     """
     items: list[dict[str, Any]] = []
     for text in texts:
@@ -42,8 +46,9 @@ def decode_rows(texts: Sequence[str], session_id: str) -> list[dict[str, Any]]:
             item = None
         if not isinstance(item, dict):
             logger.warning(
-                "session %r: skipped a stored item that is not valid JSON (%d characters)",
+                "session %r: %s a stored item that is not valid JSON (%d characters)",
                 session_id,
+                done,
                 len(text) if isinstance(text, str) else -1,
             )
             continue

@@ -571,16 +571,23 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
                 return None
             return int(rows[0][0]), rows[0][1], token
 
-        try:
-            popped: tuple[int, str, str] | None = await self._mutate(
-                lambda: self._write(body), undo=self._put_back
-            )
-        except WriteOutcomeUnknownError as exc:
-            # Hand the caller the item itself, so it is not lost if the pop committed.
-            if isinstance(exc.result, tuple):
-                exc.result = decode_item(exc.result[1])
-            raise
-        return None if popped is None else cast("InputItem", decode_item(popped[1]))
+        while True:
+            try:
+                popped: tuple[int, str, str] | None = await self._mutate(
+                    lambda: self._write(body), undo=self._put_back
+                )
+            except WriteOutcomeUnknownError as exc:
+                # Hand the caller the item itself, so it is not lost if the pop committed.
+                if isinstance(exc.result, tuple):
+                    exc.result = decode_item(exc.result[1])
+                raise
+            if popped is None:
+                return None
+            found = compat.decode_rows([popped[1]], self.session_id, "removed")
+            if found:
+                return cast("InputItem", found[0])
+            # A row that is not JSON (another program wrote it): removed, and
+            # the next item is popped instead, as the SDK's pop does (issue 13 #9).
 
     async def _pop_item_with_validation(
         self, validate: Callable[[InputItem], None] | None = None
@@ -606,16 +613,25 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
                     await run.rollback()  # undo the count decrement taken with the lock
                 return None
             mid, data = int(rows[0][0]), rows[0][1]
-            if validate is not None:
-                validate(cast("InputItem", decode_item(data)))  # raising rolls back
+            try:
+                item = decode_item(data)
+            except ValueError:
+                item = None  # not JSON: nothing to validate, removed (below)
+            if validate is not None and item is not None:
+                validate(cast("InputItem", item))  # raising rolls back
             run.if_committed = mid, data, token
             await run.steps([Step("count", "delete_by_id", {"mid": mid})])
             return mid, data, token
 
-        popped: tuple[int, str, str] | None = await self._mutate(
-            lambda: self._write(body), undo=self._put_back
-        )
-        return None if popped is None else cast("InputItem", decode_item(popped[1]))
+        while True:
+            popped: tuple[int, str, str] | None = await self._mutate(
+                lambda: self._write(body), undo=self._put_back
+            )
+            if popped is None:
+                return None
+            found = compat.decode_rows([popped[1]], self.session_id, "removed")
+            if found:
+                return cast("InputItem", found[0])
 
     async def _put_back(self, popped: tuple[int, str, str]) -> None:
         """Return a popped item to its old place (its caller was cancelled).
