@@ -160,6 +160,16 @@ async def test_ensure_ascii_is_accepted(engine: AsyncEngine, tables: LatticeTabl
     assert rows["ascii"] == json.dumps(msg("héllo"), separators=(",", ":"))  # \u00e9
     assert rows["utf8"] == json.dumps(msg("héllo"), separators=(",", ":"), ensure_ascii=False)
     assert await escaped.get_items() == await plain.get_items() == [msg("héllo")]
+    await escaped.replace_items([msg("é")])  # the replacement keeps the session's format
+    async with engine.connect() as conn:
+        stored = (
+            await conn.execute(
+                tables.messages.select()
+                .with_only_columns(tables.messages.c.message_data)
+                .where(tables.messages.c.session_id == "ascii")
+            )
+        ).scalar_one()
+    assert stored == '{"role":"user","content":"\\u00e9"}'
 
 
 # -- #4 compaction -----------------------------------------------------------------------

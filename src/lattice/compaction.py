@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from .compat import ascii_texts
 from .fastpath import Runner, Step
 from .items import decode_item, encode_items
 from .schema import utc_now
@@ -40,6 +41,12 @@ if TYPE_CHECKING:
     from .sqlalchemy_session import SQLAlchemySession
 
 __all__ = ["compaction_snapshot", "replace_all", "unchanged_behaviour"]
+
+
+def _texts(session: SQLAlchemySession, items: Any) -> list[str]:
+    """The items' stored texts, checked, in the session's format (``ensure_ascii``)."""
+    texts = encode_items(items, session._max_item_bytes)
+    return ascii_texts(items) if session._ensure_ascii else texts
 
 
 def unchanged_behaviour(session: SQLAlchemySession) -> bool:
@@ -60,7 +67,7 @@ def unchanged_behaviour(session: SQLAlchemySession) -> bool:
 
 async def replace_all(session: SQLAlchemySession, items: Any) -> None:
     """Replace the session's whole history with ``items``, in one transaction."""
-    texts = encode_items(items, session._max_item_bytes)
+    texts = _texts(session, items)
     session_id = session.session_id
 
     async def body(run: Runner, token: str) -> None:
@@ -112,7 +119,7 @@ async def compaction_snapshot(
         drop = len(texts) - start
         if drop <= 0 or start < 0:
             return False
-        new = encode_items(output, session._max_item_bytes)
+        new = _texts(session, output)
 
         async def body(run: Runner, token: str) -> bool:
             now = utc_now()

@@ -229,8 +229,9 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
 
         Synchronous and idempotent, like the SDK's ``SQLiteSession.close()``.
         The stored items stay. An engine the session owns (in-memory SQLite)
-        is disposed, on the running event loop if there is one; an engine
-        passed in, or shared by ``from_url`` sessions, is left alone.
+        is disposed in a task on the running event loop; called outside a
+        loop, its connection is released with the object. An engine passed
+        in, or shared by ``from_url`` sessions, is left alone.
         """
         if self._closed:
             return
