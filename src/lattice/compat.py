@@ -9,12 +9,38 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["ascii_texts", "check_sqlite_table_names", "decode_rows", "logger"]
+__all__ = [
+    "ascii_texts",
+    "check_sqlite_table_names",
+    "count_unreadable",
+    "decode_rows",
+    "logger",
+]
 
 logger = logging.getLogger("lattice")
+
+# Set by count_unreadable(): how many rows the last decode_rows call left out.
+_UNREADABLE: ContextVar[list[int] | None] = ContextVar("lattice_unreadable", default=None)
+
+
+@contextmanager
+def count_unreadable() -> Iterator[list[int]]:
+    """Within the block, ``box[0]`` is how many rows the latest read left out as not JSON.
+
+    For ``lattice sessions show``, which reports them. (A read with a limit
+    may decode a widening window several times; the last one counts.)
+    """
+    box = [0]
+    token = _UNREADABLE.set(box)
+    try:
+        yield box
+    finally:
+        _UNREADABLE.reset(token)
 
 _ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
 
@@ -39,6 +65,7 @@ def decode_rows(
     a read, "removed" by a pop).
     """
     items: list[dict[str, Any]] = []
+    left_out = 0
     for text in texts:
         try:
             item = json.loads(text)
@@ -51,8 +78,12 @@ def decode_rows(
                 done,
                 len(text) if isinstance(text, str) else -1,
             )
+            left_out += 1
             continue
         items.append(item)
+    box = _UNREADABLE.get()
+    if box is not None:
+        box[0] = left_out
     return items
 
 

@@ -31,6 +31,7 @@ from rich.progress import (
 from rich.table import Table
 from sqlalchemy.exc import DBAPIError
 
+from ..compat import count_unreadable
 from ..store import SessionStore
 from ..store_query import SessionInfo
 
@@ -244,18 +245,23 @@ def show_command(
 ) -> None:
     """Show one session: its catalogue row and its latest items."""
 
+    unreadable = 0
+
     async def work(store: SessionStore) -> tuple[SessionInfo | None, list[dict[str, Any]]]:
+        nonlocal unreadable
         info = await store.get_info(session_id)
         if info is None:
             return None, []
-        latest = await store.session(session_id).get_items(limit=items) if items else []
+        with count_unreadable() as box:
+            latest = await store.session(session_id).get_items(limit=items) if items else []
+        unreadable = box[0]
         return info, cast("list[dict[str, Any]]", latest)
 
     info, latest = _run(url, work)
     if info is None:
         raise _fail(f"no session {session_id!r}")
     if as_json:
-        _print_json({**info.to_dict(), "items": latest})
+        _print_json({**info.to_dict(), "items": latest, "unreadable_items": unreadable})
         return
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
@@ -265,6 +271,9 @@ def show_command(
     table.add_row("created (UTC)", _stamp(info.created_at))
     table.add_row("last active (UTC)", _stamp(info.updated_at))
     table.add_row("metadata", json.dumps(info.metadata, ensure_ascii=False, indent=1))
+    if unreadable:
+        # Rows another program wrote that are not JSON: reads skip them.
+        table.add_row("unreadable", f"{unreadable} stored row(s) not valid JSON, skipped")
     _out.print(table)
     if latest:
         shown = f"latest {len(latest)} of {info.item_count}"
