@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from typer.testing import CliRunner
 
 from lattice import SessionStore
@@ -74,6 +74,7 @@ async def test_list_and_show(url: str) -> None:
 
     shown = json.loads((await lattice("show", "a1", "--url", url, "--json")).stdout)
     assert shown["item_count"] == 2 and shown["items"] == [{"n": 1}, {"n": 2.0, "é": "ü"}]
+    assert shown["unreadable_items"] == 0
     table = await lattice("show", "a1", "--url", url, "--items", "1")
     assert table.exit_code == 0 and '{"n": 2.0, "é": "ü"}' in table.stdout
     missing = await lattice("show", "nope", "--url", url)
@@ -163,3 +164,17 @@ def test_parse_duration() -> None:
     assert parse_duration("30d") == dt.timedelta(days=30)
     assert parse_duration("1.5h") == dt.timedelta(minutes=90)
     assert parse_duration(" 2w ") == dt.timedelta(weeks=2)
+
+
+async def test_show_reports_rows_that_are_not_json(url: str) -> None:
+    """Rows another program wrote: skipped by reads, and reported (issue 13 #9)."""
+    async with SessionStore.from_url(url) as store:
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                insert(store.tables.messages).values(session_id="a1", message_data="{oops")
+            )
+    shown = json.loads((await lattice("show", "a1", "--url", url, "--json")).stdout)
+    assert shown["items"] == [{"n": 1}, {"n": 2.0, "é": "ü"}]
+    assert shown["unreadable_items"] == 1
+    table = await lattice("show", "a1", "--url", url)
+    assert table.exit_code == 0 and "1 stored row(s) not valid JSON, skipped" in table.stdout

@@ -42,6 +42,12 @@ class ConversationsState:
         self.fail_next = 0
         self.delete_delay = 0.0
         self.deleting = threading.Event()
+        # Item creates: a delay (with an event set when one starts), and how many
+        # of them store their items and then drop the connection unanswered.
+        self.create_delay = 0.0
+        self.creating = threading.Event()
+        self.lose_replies = 0
+        self.created_bodies: list[list[dict[str, Any]]] = []
         self._next_id = 0
 
     def new_id(self, prefix: str) -> str:
@@ -123,8 +129,15 @@ class Handler(JSONHandler):
                 if not 1 <= len(new) <= 20:
                     self.send_json(400, {"error": {"message": "items: 1 to 20 items per request"}})
                     return
+                state.creating.set()
+                time.sleep(state.create_delay)
+                state.created_bodies.append(new)
                 stored = [state.stored_item(item) for item in new]
                 items.extend(stored)
+                if state.lose_replies:
+                    state.lose_replies -= 1
+                    self.close_connection = True  # stored, but the answer is lost
+                    return
                 self.send_json(200, {"object": "list", "data": stored, "has_more": False})
             elif method == "DELETE" and len(rest) == 3 and rest[1] == "items":
                 state.deleting.set()
@@ -323,7 +336,7 @@ async def test_bad_items_are_refused_before_any_request(
 
 
 async def test_bad_arguments() -> None:
-    with pytest.raises(TypeError, match=r"openai\.AsyncOpenAI"):
+    with pytest.raises(TypeError, match=r"openai\.AsyncOpenAI .*conversations"):
         OpenAIConversationsSession(openai_client=object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="conversation_id"):
         OpenAIConversationsSession("")
@@ -393,3 +406,112 @@ async def test_cancelled_pop_puts_the_item_back(
     assert texts == ["first", "second"]  # deleted on the server, then appended again
     popped = await session.pop_item()
     assert popped is not None and popped["content"][0]["text"] == "second"
+
+
+# -- drop-in with the Agents SDK's class (issue 13 #7) -------------------------------
+
+
+def texts(stored: list[dict[str, Any]]) -> list[str]:
+    return [item["content"][0]["text"] for item in stored]
+
+
+async def test_a_multi_request_write_does_not_retry(
+    server: tuple[str, ConversationsState], state: ConversationsState
+) -> None:
+    """One lost answer to a 20-item request: an error, not a duplicated chunk."""
+    retrying = openai.AsyncOpenAI(base_url=server[0], api_key="test", max_retries=2)
+    try:
+        session = OpenAIConversationsSession(openai_client=retrying)
+        await session.start()
+        state.lose_replies = 1  # the first chunk is stored, its answer lost
+        with pytest.raises(openai.APIConnectionError) as caught:
+            await session.add_items([user(f"m{i}") for i in range(41)])
+        assert isinstance(caught.value, ConversationsAPIError)
+        # The client's retry would have stored the first chunk twice (61 for 41).
+        assert texts(state.conversations[session.session_id]) == [f"m{i}" for i in range(20)]
+        assert len(state.created_bodies) == 1
+        # A single-request write keeps the client's own retry policy, as in the SDK.
+        state.lose_replies = 1
+        await session.add_items([user("once")])
+        assert len(state.created_bodies) == 3  # the lost one and its retry
+    finally:
+        await retrying.close()
+
+
+async def test_a_cancelled_multi_request_write_ends_its_chunk_under_the_lock(
+    client: openai.AsyncOpenAI, state: ConversationsState
+) -> None:
+    session = OpenAIConversationsSession(openai_client=client)
+    await session.start()
+    state.create_delay = 0.3
+    adding = asyncio.ensure_future(session.add_items([user(f"m{i}") for i in range(50)]))
+    await asyncio.to_thread(state.creating.wait, 5)  # the first chunk is on the server
+    adding.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await adding
+    # The chunk in flight ended before the cancellation was raised; none was sent after it.
+    assert len(state.created_bodies) == 1
+    assert len(state.conversations[session.session_id]) == 20
+    assert not session._lock.locked()
+    state.create_delay = 0
+    await asyncio.sleep(0.4)
+    assert len(state.created_bodies) == 1
+
+
+async def test_errors_are_the_openai_classes_too(
+    client: openai.AsyncOpenAI, state: ConversationsState
+) -> None:
+    """Code written for the SDK's class catches the openai errors; so it does here."""
+    session = OpenAIConversationsSession("conv_missing", client)
+    with pytest.raises(openai.NotFoundError) as caught:
+        await session.get_items()
+    assert isinstance(caught.value, ConversationNotFoundError)
+    assert caught.value.status_code == 404 and caught.value.response.status_code == 404
+    assert "'conv_missing' was not found" in str(caught.value)
+    fresh = OpenAIConversationsSession(openai_client=client)
+    state.fail_next = 1
+    with pytest.raises(openai.InternalServerError) as failed:
+        await fresh.get_items()
+    assert isinstance(failed.value, ConversationsAPIError)
+    assert isinstance(failed.value, openai.APIStatusError)
+
+
+async def test_any_client_of_the_asyncopenai_shape(
+    client: openai.AsyncOpenAI, state: ConversationsState
+) -> None:
+    """A wrapper object (as tests and proxies pass) works; so the SDK's mocks do."""
+
+    class Wrapped:
+        def __init__(self, inner: openai.AsyncOpenAI) -> None:
+            self.conversations = inner.conversations
+            self.base_url = inner.base_url
+
+    session = OpenAIConversationsSession(openai_client=Wrapped(client))  # type: ignore[arg-type]
+    await session.add_items([user(f"m{i}") for i in range(25)])  # no with_options: used as is
+    assert texts(await session.get_items(limit=2)) == ["m23", "m24"]
+
+
+async def test_the_runner_sees_an_sdk_conversations_session(
+    client: openai.AsyncOpenAI, state: ConversationsState
+) -> None:
+    """isinstance holds, so the Runner's Conversations handling applies.
+
+    With ``reasoning_item_id_policy="omit"`` the Runner strips reasoning ids,
+    except for a Conversations session, whose server needs them: a reasoning
+    item without id (and without encrypted content) cannot be stored there.
+    """
+    import agents
+    from openai.types.responses import ResponseReasoningItem
+
+    session = OpenAIConversationsSession(openai_client=client)
+    assert isinstance(session, agents.OpenAIConversationsSession)
+    reasoning = ResponseReasoningItem(id="rs_1", type="reasoning", summary=[])
+    model = ScriptedModel([[reasoning, assistant_message("hi")]])
+    config = RunConfig(tracing_disabled=True, reasoning_item_id_policy="omit")
+    await Runner.run(Agent(name="a", model=model), "hello", session=session, run_config=config)
+    sent = [item for body in state.created_bodies for item in body]
+    assert [item.get("type", "message") for item in sent] == ["message", "reasoning", "message"]
+    assert sent[1]["id"] == "rs_1"
+    # And, like the SDK's class, it cannot be wrapped for Responses compaction.
+    with pytest.raises(ValueError, match="OpenAIConversationsSession"):
+        agents.OpenAIResponsesCompactionSession("c", session)

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from .engines import dispose_engines
 from .errors import LatticeError, WriteOutcomeUnknownError
-from .protocol import Session, SessionABC, SessionSettings
+from .protocol import Session, SessionABC
 from .sqlalchemy_session import SQLAlchemySession
 from .sqlite_session import SQLiteSession
 
 if TYPE_CHECKING:
     from .openai_conversations import OpenAIConversationsSession
+    from .protocol import SessionSettings
     from .store import SessionPage, SessionStore
     from .store.model import DeleteResult, ExportResult, ImportResult, SessionInfo
 
@@ -47,9 +48,12 @@ __all__ = [
 __version__ = "0.1.0"
 
 # Names whose modules are imported on first use: the OpenAI client is an
-# optional extra, and the store pulls in more than a session needs.
+# optional extra, the store pulls in more than a session needs, and
+# SessionSettings is the Agents SDK's class when it is installed (which takes
+# seconds to import; see lattice.protocol).
 _LAZY = {
     "OpenAIConversationsSession": ".openai_conversations",
+    "SessionSettings": ".protocol",
     "SessionStore": ".store",
     "SessionPage": ".store",
     "SessionInfo": ".store.model",

@@ -11,21 +11,29 @@ calls into the five Conversations endpoints it needs::
 
 It needs the ``openai`` package (``pip install 'lattice-sessions[openai]'``),
 imported when the first session is made, so ``import lattice`` works without it.
+
+With the Agents SDK installed, the class is registered as a virtual subclass of
+``agents.OpenAIConversationsSession``: the SDK's Runner keys its Conversations
+handling on that ``isinstance`` (which ids to keep, which reasoning items cannot
+be stored, the reasoning-id policy, recovery of a partly sent batch), and
+``OpenAIResponsesCompactionSession`` refuses to wrap it, as it refuses the SDK's.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 from .errors import LatticeError
 from .items import encode_items
-from .protocol import SessionABC, SessionSettings, coerce_settings, resolve_limit
+from .protocol import DefaultSettings, InputItem, InputItems, SessionABC
 from .writes import outlast_cancellation
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
+
+    from .protocol import SessionSettings
 
 __all__ = [
     "ConversationNotFoundError",
@@ -60,6 +68,8 @@ _TYPES_KEEPING_ID = frozenset(
         "mcp_approval_request",
         "mcp_call",
         "item_reference",
+        "program",
+        "program_output",
     }
 )
 # The Agents SDK's placeholder id for providers that assign none.
@@ -68,6 +78,12 @@ _PLACEHOLDER_ID = "__fake_id__"
 
 class ConversationsAPIError(LatticeError):
     """The Conversations API refused a request or could not be reached.
+
+    What is raised is also an instance of the ``openai`` exception it stands
+    for (``openai.NotFoundError``, ``openai.APIStatusError``,
+    ``openai.APIConnectionError``, ...), with that exception's attributes
+    (``response``, ``body``, ...), so code written for the Agents SDK's class,
+    which lets the client's errors through, catches it unchanged.
 
     Attributes:
         conversation_id: The conversation the request was about, if any.
@@ -84,6 +100,32 @@ class ConversationsAPIError(LatticeError):
 
 class ConversationNotFoundError(ConversationsAPIError):
     """The conversation does not exist: deleted, mistyped, or owned by another project."""
+
+
+# (our class, the openai class) -> the class raised, deriving from both.
+_BOTH: dict[tuple[type[Exception], type[Exception]], type[Exception]] = {}
+
+
+def _raise_both(
+    kind: type[ConversationsAPIError],
+    cause: Exception,
+    message: str,
+    *,
+    conversation_id: str | None,
+    status_code: int | None,
+) -> NoReturn:
+    """Raise ``kind`` as a subclass of ``type(cause)`` too, carrying the cause's attributes."""
+    key = (kind, type(cause))
+    both = _BOTH.get(key)
+    if both is None:
+        both = type(kind.__name__, (kind, type(cause)), {"__module__": __name__})
+        _BOTH[key] = both
+    error = cast(ConversationsAPIError, both.__new__(both))
+    error.__dict__.update(cause.__dict__)  # response, body, request, code, ...
+    Exception.__init__(error, message)
+    error.conversation_id = conversation_id
+    error.status_code = status_code
+    raise error from cause
 
 
 def _import_openai() -> Any:
@@ -108,28 +150,34 @@ def _for_conversation(item: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
-class OpenAIConversationsSession(SessionABC):
+class OpenAIConversationsSession(DefaultSettings, SessionABC):
     """A session whose items live in an OpenAI conversation.
 
     Args:
         conversation_id: Resume this conversation. ``None`` (the default)
             creates a new one on the first call that needs it.
-        openai_client: The ``openai.AsyncOpenAI`` client to use. ``None`` makes
-            one from the environment (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``).
+        openai_client: The ``openai.AsyncOpenAI`` client to use, or any object
+            of its shape (a ``conversations`` resource; tests pass mocks).
+            ``None`` makes one from the environment (``OPENAI_API_KEY``,
+            ``OPENAI_BASE_URL``).
         session_settings: Default read settings (``SessionSettings``, the Agents
             SDK's class, or a dict).
 
     Calls on one object are serialised. Unlike the SQL sessions, an
     ``add_items`` of more than 20 items takes several requests and is not
-    atomic: a failure part-way leaves the earlier chunks stored. Errors from
-    the API are raised as :class:`ConversationsAPIError` (or its subclass
-    :class:`ConversationNotFoundError`), chained to the ``openai`` exception.
+    atomic: a failure part-way leaves the earlier chunks stored. Such a write
+    runs with the client's automatic retries off (a retried request whose
+    first answer was lost would store its chunk twice), and a cancelled one
+    holds the session's lock until the request in flight has ended, sending no
+    further chunk. Errors from the API are raised as
+    :class:`ConversationsAPIError` (or its subclass
+    :class:`ConversationNotFoundError`), which are also the ``openai``
+    exception they stand for, chained to it.
 
     Raises:
         ImportError: the ``openai`` package is not installed.
     """
 
-    session_settings: SessionSettings | None
     # Read by the Agents SDK's Runner: the server gives stored items new ids,
     # so when it compares stored and sent items it must ignore them.
     _ignore_ids_for_matching = True
@@ -148,14 +196,15 @@ class OpenAIConversationsSession(SessionABC):
             raise ValueError("conversation_id must be a non-empty str or None")
         if openai_client is None:
             openai_client = openai.AsyncOpenAI()
-        elif not isinstance(openai_client, openai.AsyncOpenAI):
+        elif getattr(openai_client, "conversations", None) is None:
             raise TypeError(
-                f"openai_client must be an openai.AsyncOpenAI, not {type(openai_client).__name__}"
+                "openai_client must be an openai.AsyncOpenAI (or an object of its shape, "
+                f"with a .conversations resource), not {type(openai_client).__name__}"
             )
         self._openai = openai
         self._client: AsyncOpenAI = openai_client
         self._conversation_id = conversation_id
-        self.session_settings = coerce_settings(session_settings)
+        self._set_settings(session_settings)
         self._lock = asyncio.Lock()
 
     # -- the conversation id ---------------------------------------------------
@@ -197,26 +246,33 @@ class OpenAIConversationsSession(SessionABC):
         try:
             return await call
         except openai.NotFoundError as exc:
-            raise ConversationNotFoundError(
+            _raise_both(
+                ConversationNotFoundError,
+                exc,
                 f"conversation {conversation_id!r} was not found while trying to {action} "
                 "(deleted, mistyped, or made with another project's API key)",
                 conversation_id=conversation_id,
                 status_code=exc.status_code,
-            ) from exc
+            )
         except openai.APIStatusError as exc:
-            raise ConversationsAPIError(
+            _raise_both(
+                ConversationsAPIError,
+                exc,
                 f"the Conversations API answered HTTP {exc.status_code} when asked to {action} "
                 f"(conversation {conversation_id!r}): {exc.message}",
                 conversation_id=conversation_id,
                 status_code=exc.status_code,
-            ) from exc
+            )
         except openai.APIConnectionError as exc:
-            raise ConversationsAPIError(
-                f"could not reach the Conversations API at {self._client.base_url} to {action} "
+            _raise_both(
+                ConversationsAPIError,
+                exc,
+                f"could not reach the Conversations API at "
+                f"{getattr(self._client, 'base_url', '?')} to {action} "
                 f"(conversation {conversation_id!r}): {exc}",
                 conversation_id=conversation_id,
                 status_code=None,
-            ) from exc
+            )
 
     async def _ensure_conversation(self) -> str:
         if self._conversation_id is None:
@@ -249,44 +305,64 @@ class OpenAIConversationsSession(SessionABC):
 
     # -- the Session protocol ------------------------------------------------------
 
-    async def get_items(self, limit: int | None = None) -> list[dict[str, Any]]:
+    async def get_items(self, limit: int | None = None) -> list[InputItem]:
         """Return the latest ``limit`` items, oldest first (all when ``None``).
 
         ``limit=None`` falls back to ``session_settings.limit``; a limit of 0
         or less returns ``[]`` without a request.
         """
-        limit = resolve_limit(limit, self.session_settings)
+        limit = self._limit(limit)
         if limit is not None and limit <= 0:
             return []
         async with self._lock:
             conversation_id = await self._ensure_conversation()
-            return await self._list(conversation_id, limit)
+            return cast("list[InputItem]", await self._list(conversation_id, limit))
 
-    async def add_items(self, items: list[dict[str, Any]]) -> None:
+    async def add_items(self, items: InputItems) -> None:
         """Append ``items``, in requests of at most 20 items.
 
         Every item is checked before the first request, with the same rules
-        and errors as the SQL sessions; an empty list sends nothing.
+        and errors as the SQL sessions; an empty list sends nothing. A write
+        of several requests runs without the client's automatic retries, and
+        if cancelled, ends the request in flight (holding the lock) and sends
+        no more; the cancellation is then raised.
         """
         encode_items(items)
         if not items:
             return
         # Plain dicts go to the client as they are (its parameter type is a
         # union of TypedDicts, hence the casts below).
-        batch = [_for_conversation(item) for item in items]
+        batch = [_for_conversation(cast("dict[str, Any]", item)) for item in items]
+        several = len(batch) > MAX_ITEMS_PER_REQUEST
+        client: Any = self._client
+        if several and callable(getattr(client, "with_options", None)):
+            # A lost answer to a retried request would store its chunk twice.
+            client = client.with_options(max_retries=0)
         async with self._lock:
             conversation_id = await self._ensure_conversation()
             for start in range(0, len(batch), MAX_ITEMS_PER_REQUEST):
                 chunk = batch[start : start + MAX_ITEMS_PER_REQUEST]
-                await self._api(
-                    "add items",
-                    conversation_id,
-                    self._client.conversations.items.create(
-                        conversation_id, items=cast(Any, chunk)
-                    ),
+                request = asyncio.ensure_future(
+                    self._api(
+                        "add items",
+                        conversation_id,
+                        client.conversations.items.create(conversation_id, items=chunk),
+                    )
                 )
+                if not several:
+                    await request
+                    continue
+                try:
+                    await asyncio.shield(request)
+                except asyncio.CancelledError:
+                    # Keep the lock until this chunk's request has ended, so no
+                    # other call on this object overlaps it; send no more.
+                    await outlast_cancellation(request)
+                    if not request.cancelled():
+                        request.exception()  # retrieved: the cancellation wins
+                    raise
 
-    async def pop_item(self) -> dict[str, Any] | None:
+    async def pop_item(self) -> InputItem | None:
         """Remove and return the newest item, or ``None`` when there is none.
 
         If the caller is cancelled while the delete is in flight, the delete is
@@ -300,7 +376,7 @@ class OpenAIConversationsSession(SessionABC):
                     return None
                 item = latest[0]
                 if await self._delete_item(conversation_id, item):
-                    return item
+                    return cast("InputItem", item)
             raise ConversationsAPIError(
                 f"could not pop from conversation {conversation_id!r}: its newest item was "
                 f"deleted by someone else {_POP_ATTEMPTS} times in a row",
@@ -355,3 +431,15 @@ class OpenAIConversationsSession(SessionABC):
                     self._conversation_id = None
                 raise
             self._conversation_id = None
+
+
+def _register_with_the_sdk() -> None:
+    """Make ``isinstance(session, agents.OpenAIConversationsSession)`` true (see the module doc)."""
+    try:
+        from agents.memory import OpenAIConversationsSession as SDKConversationsSession
+    except ImportError:
+        return
+    SDKConversationsSession.register(OpenAIConversationsSession)
+
+
+_register_with_the_sdk()

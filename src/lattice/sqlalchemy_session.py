@@ -7,21 +7,26 @@ The session validates, then asks its engine's operations
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import dialects, drivers, engines, writes
+from . import compaction, dialects, drivers, engines, sdk_parity, writes
 from .drivers import Operations, Popped, Runner
 from .errors import PutBackFailedError, WriteOutcomeUnknownError
 from .items import DEFAULT_MAX_ITEM_BYTES, check_session_id, decode_item, encode_items
-from .protocol import SessionABC, SessionSettings, coerce_settings, resolve_limit
+from .protocol import DefaultSettings, InputItem, InputItems, SessionABC
 from .schema import (
     DEFAULT_MESSAGES_TABLE,
     DEFAULT_SESSIONS_TABLE,
     LatticeTables,
     lattice_tables,
 )
+
+if TYPE_CHECKING:
+    from .protocol import SessionSettings
 
 __all__ = ["SQLAlchemySession"]
 
@@ -34,7 +39,7 @@ def bind(engine: AsyncEngine, tables: LatticeTables) -> writes.Bound:
     return writes.Bound(engine, state, driver, ops, tables)
 
 
-class SQLAlchemySession(SessionABC):
+class SQLAlchemySession(DefaultSettings, SessionABC):
     """A conversation kept in two SQL tables through an async SQLAlchemy engine.
 
     Args:
@@ -47,10 +52,12 @@ class SQLAlchemySession(SessionABC):
         messages_table: Name of the messages table.
         session_settings: Default read settings (``SessionSettings``, the Agents
             SDK's class, or a dict).
+        ensure_ascii: Store items with ``\\uXXXX`` escapes for non-ASCII text,
+            as the Agents SDK's ``SQLAlchemySession`` does by default. Lattice's
+            default, ``False``, stores UTF-8 text as itself (smaller, readable,
+            searchable); both read back the same items.
         max_item_bytes: Largest accepted item, in bytes of UTF-8 JSON.
     """
-
-    session_settings: SessionSettings | None
 
     def __init__(
         self,
@@ -61,6 +68,7 @@ class SQLAlchemySession(SessionABC):
         sessions_table: str = DEFAULT_SESSIONS_TABLE,
         messages_table: str = DEFAULT_MESSAGES_TABLE,
         session_settings: SessionSettings | dict[str, Any] | None = None,
+        ensure_ascii: bool = False,
         max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
     ) -> None:
         engines.check_engine(engine, "SQLAlchemySession")
@@ -70,8 +78,10 @@ class SQLAlchemySession(SessionABC):
             tables=lattice_tables(sessions_table, messages_table),
             session_settings=session_settings,
             max_item_bytes=max_item_bytes,
+            ensure_ascii=ensure_ascii,
         )
         self._fixed_engine: AsyncEngine | None = engine
+        self._owns_engine = False
         self._url: Any = None
         self._engine_kwargs: dict[str, Any] = {}
         self._engine_key: tuple[str, str] | None = None
@@ -84,9 +94,14 @@ class SQLAlchemySession(SessionABC):
         tables: LatticeTables,
         session_settings: Any,
         max_item_bytes: int,
+        ensure_ascii: bool = False,
     ) -> None:
         self.session_id = check_session_id(session_id)
-        self.session_settings = coerce_settings(session_settings)
+        if not isinstance(ensure_ascii, bool):
+            raise TypeError(f"ensure_ascii must be a bool, not {type(ensure_ascii).__name__}")
+        self._ensure_ascii = ensure_ascii
+        self._closed = False
+        self._set_settings(session_settings)
         if isinstance(max_item_bytes, bool) or not isinstance(max_item_bytes, int):
             raise TypeError("max_item_bytes must be an int")
         if max_item_bytes < 1:
@@ -122,7 +137,9 @@ class SQLAlchemySession(SessionABC):
         parsed = engines.normalize_url(url)
         options = dict(engine_kwargs or {})
         if engines.is_sqlite_memory(parsed):
-            return cls(session_id, engine=engines.make_engine(parsed, **options), **kwargs)
+            made = cls(session_id, engine=engines.make_engine(parsed, **options), **kwargs)
+            made._owns_engine = True
+            return made
         self = cls.__new__(cls)
         self._init(
             session_id,
@@ -133,10 +150,12 @@ class SQLAlchemySession(SessionABC):
             ),
             session_settings=kwargs.pop("session_settings", None),
             max_item_bytes=kwargs.pop("max_item_bytes", DEFAULT_MAX_ITEM_BYTES),
+            ensure_ascii=kwargs.pop("ensure_ascii", False),
         )
         if kwargs:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
         self._fixed_engine = None
+        self._owns_engine = False
         self._url = parsed
         self._engine_kwargs = options
         self._engine_key = engines.shared_engine_key(parsed, options)
@@ -159,9 +178,32 @@ class SQLAlchemySession(SessionABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(session_id={self.session_id!r})"
 
+    def close(self) -> None:
+        """Close the session: every later call raises ``RuntimeError`` (as in the SDK).
+
+        Synchronous and idempotent, like the SDK's ``SQLiteSession.close()``.
+        The stored items stay. An engine the session owns (in-memory SQLite)
+        is disposed in a task on the running event loop; called outside a
+        loop, its connection is released with the object. An engine passed
+        in, or shared by ``from_url`` sessions, is left alone.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        owned = self._fixed_engine if self._owns_engine else None
+        if owned is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop: its connection goes with the object
+        self._disposing = loop.create_task(owned.dispose())
+
     # -- plumbing ------------------------------------------------------------
 
     async def _bind(self) -> writes.Bound:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
         engine = self.engine
         bound = self._bound
         # Rebound when the engine changes (a URL session on another loop) or its
@@ -180,24 +222,36 @@ class SQLAlchemySession(SessionABC):
 
     # -- the Session protocol --------------------------------------------------
 
-    async def get_items(self, limit: int | None = None) -> list[dict[str, Any]]:
+    async def get_items(self, limit: int | None = None, *, wrapper: Any = None) -> list[InputItem]:
         """Return the latest ``limit`` items, oldest first.
 
         ``limit=None`` falls back to ``session_settings.limit``, then to the
-        whole history; a limit of 0 or less returns ``[]``.
+        whole history; a limit of 0 or less returns ``[]``. ``wrapper`` (the
+        Agents SDK's run context, passed by its Runner) is accepted and not
+        used; see :class:`lattice.routing.RoutedSession`.
+
+        A stored row that is not JSON (another program wrote it) is skipped
+        with a warning, and ``limit`` counts readable items, as in the SDK.
         """
-        limit = resolve_limit(limit, self.session_settings)
+        limit = self._limit(limit)
         if limit is not None and limit <= 0:
             return []
         bound = await self._bind()
         session_id = self.session_id
+        window = limit
 
         async def body(run: Runner) -> list[str]:
-            return await bound.ops.read(run, session_id, limit)
+            return await bound.ops.read(run, session_id, window)
 
-        return [decode_item(text) for text in await writes.read(bound, body)]
+        while True:
+            texts = await writes.read(bound, body)
+            items = sdk_parity.decode_rows(texts, session_id)
+            if limit is None or len(items) >= limit or len(texts) < (window or 0):
+                found = items if limit is None else items[-limit:]
+                return cast("list[InputItem]", found)
+            window = 2 * (window or 1)  # unreadable rows in the window: widen it
 
-    async def add_items(self, items: list[dict[str, Any]]) -> None:
+    async def add_items(self, items: InputItems, *, wrapper: Any = None) -> None:
         """Append ``items`` as one batch: all are stored, contiguous, or none.
 
         Raises:
@@ -205,8 +259,12 @@ class SQLAlchemySession(SessionABC):
             ValueError: an item holds NaN/Infinity or invalid text, or is too large.
         """
         texts = encode_items(items, self._max_item_bytes)
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
         if not texts:
             return
+        if self._ensure_ascii:
+            texts = sdk_parity.ascii_texts(items)
         bound = await self._bind()
         session_id = self.session_id
 
@@ -219,11 +277,13 @@ class SQLAlchemySession(SessionABC):
             )
         )
 
-    async def pop_item(self) -> dict[str, Any] | None:
+    async def pop_item(self, *, wrapper: Any = None) -> InputItem | None:
         """Remove and return the newest item, or ``None`` if there is none.
 
         Each item goes to exactly one caller. If this call is cancelled after
-        the database removed the item, the item is put back where it was.
+        the database removed the item, the item is put back where it was. A
+        row that is not JSON is removed with a warning, and the next item is
+        popped instead, as the SDK's pop does.
         """
         bound = await self._bind()
         session_id = self.session_id
@@ -231,16 +291,53 @@ class SQLAlchemySession(SessionABC):
         async def body(run: Runner, token: str) -> Popped | None:
             return await bound.ops.pop(run, session_id, token)
 
-        try:
-            popped: Popped | None = await writes.shielded(
-                lambda: writes.run_write(bound, session_id, body), undo=self._put_back
-            )
-        except (WriteOutcomeUnknownError, PutBackFailedError) as exc:
-            # Hand the caller the item itself, so it is not lost if the pop committed.
-            if isinstance(exc.result, Popped):
-                exc.result = decode_item(exc.result.text)
-            raise
-        return None if popped is None else decode_item(popped.text)
+        return await self._pop(bound, body)
+
+    async def _pop_item_with_validation(
+        self, validate: Callable[[InputItem], None] | None = None
+    ) -> InputItem | None:
+        """``pop_item``, with ``validate(item)`` run before the removal commits.
+
+        The Agents SDK's optional hook (its ``EncryptedSession`` authenticates
+        the ciphertext this way). If ``validate`` raises, the transaction rolls
+        back: the item keeps its place and id, and the exception propagates.
+        The item must be seen before it is deleted, so this takes the general
+        shape of a pop (lock, read the newest, validate, delete, commit) on
+        every backend.
+        """
+        bound = await self._bind()
+        session_id = self.session_id
+
+        def check(text: str) -> None:
+            try:
+                item = decode_item(text)
+            except ValueError:
+                return  # not JSON: nothing to validate, removed (as pop_item does)
+            if validate is not None:
+                validate(cast("InputItem", item))  # raising rolls back
+
+        async def body(run: Runner, token: str) -> Popped | None:
+            return await bound.ops.pop_checked(run, session_id, token, check)
+
+        return await self._pop(bound, body)
+
+    async def _pop(self, bound: writes.Bound, body: Any) -> InputItem | None:
+        session_id = self.session_id
+        while True:
+            try:
+                popped: Popped | None = await writes.shielded(
+                    lambda: writes.run_write(bound, session_id, body), undo=self._put_back
+                )
+            except (WriteOutcomeUnknownError, PutBackFailedError) as exc:
+                # Hand the caller the item itself, so it is not lost if the pop committed.
+                if isinstance(exc.result, Popped):
+                    exc.result = decode_item(exc.result.text)
+                raise
+            if popped is None:
+                return None
+            found = sdk_parity.decode_rows([popped.text], session_id, "removed")
+            if found:
+                return cast("InputItem", found[0])
 
     async def _put_back(self, popped: Popped) -> None:
         """Return a popped item to its old place (its caller was cancelled).
@@ -258,7 +355,36 @@ class SQLAlchemySession(SessionABC):
 
         await writes.run_write(bound, session_id, body)
 
-    async def clear_session(self) -> None:
+    # -- whole-history replacement and the SDK's compaction hooks (lattice.compaction)
+
+    async def replace_items(self, items: InputItems) -> None:
+        """Replace the whole history with ``items`` in one transaction.
+
+        Readers see the old history or the new one, never a gap; a failure
+        or a crash leaves the old one. For compacting history your own way.
+
+        Raises:
+            TypeError, ValueError: an item cannot be stored (as for ``add_items``).
+        """
+        await compaction.replace_all(self, items)
+
+    async def _atomic_replace_items(self, items: list[InputItem]) -> bool:
+        """The Agents SDK's hook: ``replace_items``; ``False`` for a subclass that
+        changes how items are stored (it must replace them its own way)."""
+        if not compaction.unchanged_behaviour(self):
+            return False
+        await compaction.replace_all(self, items)
+        return True
+
+    async def _get_compaction_snapshot(
+        self, limit: int, *, prune_prefix: Callable[[InputItem], bool] | None = None
+    ) -> Any:
+        """The Agents SDK's hook for automatic compaction (see :mod:`lattice.compaction`)."""
+        if not compaction.unchanged_behaviour(self):
+            return None
+        return await compaction.compaction_snapshot(self, limit, prune_prefix)
+
+    async def clear_session(self, *, wrapper: Any = None) -> None:
         """Remove every item of this session; other sessions are untouched."""
         bound = await self._bind()
         session_id = self.session_id

@@ -31,9 +31,10 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 
+from ..sdk_parity import count_unreadable
 from ..store import SessionInfo, SessionStore
-from ..store.model import OnConflict
 from ._common import EXIT_USAGE, err_console, fail, out_console, usable_url
+from ._options import _check_policy, _filters, parse_duration
 from ._transfer import SideError, import_source, on_side, same_database
 
 __all__ = ["parse_duration", "register"]
@@ -74,84 +75,9 @@ _AFTER = typer.Option(None, "--after", metavar="WHEN", help="Last active after (
 _BEFORE = typer.Option(None, "--before", metavar="WHEN", help="Last active before (ISO 8601).")
 _IDS = typer.Argument(None, metavar="SESSION_ID...", help="Session ids to delete.")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
 def register(root: typer.Typer) -> None:
     """Add the ``sessions`` command group to the ``lattice`` command."""
     root.add_typer(app, name="sessions")
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    """``"30d"``, ``"12h"``, ``"90m"``, ``"45s"`` or ``"2w"`` as a timedelta.
-
-    Raises:
-        typer.BadParameter: anything else.
-    """
-    match = _DURATION.match(text)
-    if not match:
-        raise typer.BadParameter(
-            f"{text!r} is not a duration; use a number and a unit: 45s, 90m, 12h, 30d, 2w"
-        )
-    try:
-        age = dt.timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
-        dt.datetime.now(dt.timezone.utc) - age  # the cutoff must be a representable time
-    except OverflowError:
-        raise typer.BadParameter(f"{text!r} reaches back before the year 1") from None
-    return age
-
-
-def _parse_time(text: str | None, option: str) -> dt.datetime | None:
-    if text is None:
-        return None
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(f"{option}: {text!r} is not an ISO 8601 date or time") from None
-    # A time without an offset is taken as UTC, which is what Lattice stores.
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
-
-
-def _parse_meta(pairs: list[str] | None) -> dict[str, Any] | None:
-    if not pairs:
-        return None
-    metadata: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"--meta {pair!r}: use KEY=VALUE")
-        try:
-            # VALUE is JSON when it parses (true, 3, "x", [1]), else plain text.
-            metadata[key] = json.loads(raw)
-        except ValueError:
-            metadata[key] = raw
-    return metadata
-
-
-def _filters(
-    prefix: str | None,
-    owner: str | None,
-    meta: list[str] | None,
-    after: str | None,
-    before: str | None,
-) -> dict[str, Any]:
-    """The store's filter keywords from the shared command-line options."""
-    return {
-        "prefix": prefix,
-        "owner": owner,
-        "metadata": _parse_meta(meta),
-        "updated_after": _parse_time(after, "--after"),
-        "updated_before": _parse_time(before, "--before"),
-    }
-
-
-def _check_policy(on_conflict: str) -> OnConflict:
-    if on_conflict not in ("skip", "replace", "append"):
-        raise typer.BadParameter(
-            f"{on_conflict!r}: choose skip, replace or append", param_hint="--on-conflict"
-        )
-    return cast(OnConflict, on_conflict)
 
 
 _fail = fail
@@ -283,11 +209,17 @@ def show_command(
 ) -> None:
     """Show one session: its catalogue row and its latest items."""
 
+    unreadable = 0
+
     async def work(store: SessionStore) -> tuple[SessionInfo | None, list[dict[str, Any]]]:
+        nonlocal unreadable
         info = await store.get_info(session_id)
         if info is None:
             return None, []
-        return info, await store.session(session_id).get_items(limit=items) if items else []
+        with count_unreadable() as box:
+            latest = await store.session(session_id).get_items(limit=items) if items else []
+        unreadable = box[0]
+        return info, cast("list[dict[str, Any]]", latest)
 
     info, latest = _run(url, work)
     if info is None:
@@ -295,7 +227,7 @@ def show_command(
             _print_json(None)  # scripts read null; the exit status is 1
         raise _fail(f"no session {session_id!r}")
     if as_json:
-        _print_json({**info.to_dict(), "items": latest})
+        _print_json({**info.to_dict(), "items": latest, "unreadable_items": unreadable})
         return
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
@@ -305,6 +237,9 @@ def show_command(
     table.add_row("created (UTC)", _stamp(info.created_at))
     table.add_row("last active (UTC)", _stamp(info.updated_at))
     table.add_row("metadata", json.dumps(info.metadata, ensure_ascii=False, indent=1))
+    if unreadable:
+        # Rows another program wrote that are not JSON: reads skip them.
+        table.add_row("unreadable", f"{unreadable} stored row(s) not valid JSON, skipped")
     _out.print(table)
     if latest:
         shown = f"latest {len(latest)} of {info.item_count}"

@@ -18,7 +18,7 @@ another on every backend (see :mod:`lattice.dialects`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -127,6 +127,34 @@ class Operations:
                 await run.rollback()
             return None
         popped = Popped(int(rows[0][0]), rows[0][1], token)
+        run.if_committed = popped
+        await run.steps([Step(StepKind.COUNT, Stmt.DELETE_BY_ID, {"mid": popped.message_id})])
+        return popped
+
+    async def pop_checked(
+        self, run: Runner, session_id: str, token: str, check: Callable[[str], None]
+    ) -> Popped | None:
+        """A pop that runs ``check(text)`` on the item before deleting it (may raise).
+
+        The general shape on every driver: lock and read the newest item, check
+        it, then delete it and commit. ``check`` raising rolls back.
+        """
+        sid = {"sid": session_id}
+        lock_params = {"sid": session_id, "now": utc_now(), "token": token}
+        locked, _, rows = await run.steps(
+            [
+                Step(StepKind.COUNT, Stmt.LOCK_SESSION_POP, lock_params),
+                _journal(session_id, token, JOURNAL_WRITE),
+                Step(StepKind.ROWS, Stmt.SELECT_NEWEST, sid),
+            ],
+            commit=False,
+        )
+        if not rows:
+            if locked:
+                await run.rollback()
+            return None
+        popped = Popped(int(rows[0][0]), rows[0][1], token)
+        check(popped.text)
         run.if_committed = popped
         await run.steps([Step(StepKind.COUNT, Stmt.DELETE_BY_ID, {"mid": popped.message_id})])
         return popped

@@ -34,7 +34,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import engines, urls
 from ..items import DEFAULT_MAX_ITEM_BYTES, check_session_id
-from ..protocol import SessionSettings
 from ..schema import (
     DEFAULT_MESSAGES_TABLE,
     DEFAULT_SESSIONS_TABLE,
@@ -58,6 +57,8 @@ from .retention import DEFAULT_BATCH_ITEMS, Progress
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+    from ..protocol import SessionSettings
 
 __all__ = [
     "DEFAULT_BATCH_ITEMS",

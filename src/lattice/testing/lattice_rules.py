@@ -87,7 +87,7 @@ class LatticeConformance(SessionConformance):
     async def test_items_must_be_a_list(self, session_factory: SessionFactory) -> None:
         session = session_factory(_sid("not-list"))
         with pytest.raises(TypeError):
-            await session.add_items({"role": "user"})  # type: ignore[arg-type]
+            await session.add_items({"role": "user"})
         assert await session.get_items() == []
 
     # -- session ids -----------------------------------------------------------
