@@ -51,18 +51,16 @@ def _texts(session: SQLAlchemySession, items: Any) -> list[str]:
     return ascii_texts(items) if session._ensure_ascii else texts
 
 
-def unchanged_behaviour(session: SQLAlchemySession) -> bool:
+def unchanged_behaviour(session: SQLAlchemySession, base: type[Any]) -> bool:
     """True unless a subclass changed how items are read or written.
 
     Such a subclass (one that transforms items, say) must supply its own
     hooks: the ones here work on the stored rows and would bypass it. The SDK
     applies the same rule to its own classes.
     """
-    from .sqlalchemy_session import SQLAlchemySession
-
     kind = type(session)
     return all(
-        getattr(kind, name) is getattr(SQLAlchemySession, name)
+        getattr(kind, name) is getattr(base, name)
         for name in ("get_items", "add_items", "pop_item", "clear_session")
     )
 

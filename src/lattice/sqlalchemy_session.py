@@ -371,7 +371,7 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
     async def _atomic_replace_items(self, items: list[InputItem]) -> bool:
         """The Agents SDK's hook: ``replace_items``; ``False`` for a subclass that
         changes how items are stored (it must replace them its own way)."""
-        if not compaction.unchanged_behaviour(self):
+        if not compaction.unchanged_behaviour(self, SQLAlchemySession):
             return False
         await compaction.replace_all(self, items)
         return True
@@ -380,7 +380,7 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
         self, limit: int, *, prune_prefix: Callable[[InputItem], bool] | None = None
     ) -> Any:
         """The Agents SDK's hook for automatic compaction (see :mod:`lattice.compaction`)."""
-        if not compaction.unchanged_behaviour(self):
+        if not compaction.unchanged_behaviour(self, SQLAlchemySession):
             return None
         return await compaction.compaction_snapshot(self, limit, prune_prefix)
 

@@ -16,8 +16,10 @@ Everything Lattice does with a URL before it reaches SQLAlchemy lives here:
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,7 +32,9 @@ __all__ = [
     "connect_options",
     "normalize",
     "redact",
+    "same_database",
     "shown",
+    "sqlite_path",
 ]
 
 
@@ -247,3 +251,38 @@ def _mysql_tls(url: URL, kwargs: dict[str, Any]) -> tuple[URL, dict[str, Any]]:
     context.check_hostname = check in ("true", "1")
     kwargs["connect_args"] = {"ssl": context, **(kwargs.get("connect_args") or {})}
     return url.difference_update_query(list(given)), kwargs
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite-file URL, None for other URLs and in-memory SQLite."""
+    parsed = normalize(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:"):
+        if "mode=memory" in database:
+            return None
+        database = database[len("file:") :].split("?", 1)[0]
+    return Path(database)
+
+
+def same_database(first: str, second: str) -> bool:
+    """True when two URLs name the same database (same file, or same server and name)."""
+    a, b = normalize(first), normalize(second)
+    path_a, path_b = sqlite_path(first), sqlite_path(second)
+    if path_a is not None and path_b is not None:
+        try:
+            return os.path.samefile(path_a, path_b)
+        except OSError:
+            return os.path.abspath(path_a) == os.path.abspath(path_b)
+    if a.get_backend_name() != b.get_backend_name() or path_a or path_b:
+        return False
+    if a.get_backend_name() == "sqlite":  # both in memory: two separate databases
+        return False
+
+    def place(url: object) -> tuple[str, int | None, str | None]:
+        host = (getattr(url, "host", None) or "localhost").lower()
+        host = "127.0.0.1" if host in ("localhost", "::1") else host
+        return host, getattr(url, "port", None), getattr(url, "database", None)
+
+    return place(a) == place(b)

@@ -7,7 +7,6 @@ markup or emoji codes, and passwords are hidden (:func:`lattice.urls.redact`).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -22,7 +21,6 @@ __all__ = [
     "err_console",
     "fail",
     "out_console",
-    "sqlite_path",
     "usable_url",
 ]
 
@@ -48,17 +46,6 @@ def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
     return typer.Exit(code)
 
 
-def sqlite_path(url: str) -> Path | None:
-    """The file of a SQLite-file URL, None for other URLs and in-memory SQLite."""
-    parsed = urls.normalize(url)
-    database = parsed.database or ""
-    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
-        return None
-    if database.startswith("file:"):
-        if "mode=memory" in database:
-            return None
-        database = database[len("file:") :].split("?", 1)[0]
-    return Path(database)
 
 
 def usable_url(
@@ -80,7 +67,7 @@ def usable_url(
         raise fail(f"no database URL: pass {option} or set {env_var}", EXIT_USAGE)
     try:
         urls.connect_options(urls.normalize(url), {})
-        path = sqlite_path(url)
+        path = urls.sqlite_path(url)
     except urls.UrlError as exc:
         raise fail(f"{option}: {exc}", EXIT_USAGE) from None
     if exists and path is not None and not path.is_file():

@@ -14,10 +14,7 @@ from typing import IO
 
 from sqlalchemy.exc import DBAPIError
 
-from .. import urls
-from ._common import sqlite_path
-
-__all__ = ["SideError", "import_source", "on_side", "same_database"]
+__all__ = ["SideError", "import_source", "on_side"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _TAIL_BYTES = 4096
@@ -41,26 +38,6 @@ async def on_side(side: str) -> AsyncIterator[None]:
         raise SideError(side, exc) from exc
 
 
-def same_database(first: str, second: str) -> bool:
-    """True when two URLs name the same database (same file, or same server and name)."""
-    a, b = urls.normalize(first), urls.normalize(second)
-    path_a, path_b = sqlite_path(first), sqlite_path(second)
-    if path_a is not None and path_b is not None:
-        try:
-            return os.path.samefile(path_a, path_b)
-        except OSError:
-            return os.path.abspath(path_a) == os.path.abspath(path_b)
-    if a.get_backend_name() != b.get_backend_name() or path_a or path_b:
-        return False
-    if a.get_backend_name() == "sqlite":  # both in memory: two separate databases
-        return False
-
-    def place(url: object) -> tuple[str, int | None, str | None]:
-        host = (getattr(url, "host", None) or "localhost").lower()
-        host = "127.0.0.1" if host in ("localhost", "::1") else host
-        return host, getattr(url, "port", None), getattr(url, "database", None)
-
-    return place(a) == place(b)
 
 
 def _end_total(handle: IO[bytes]) -> int | None:

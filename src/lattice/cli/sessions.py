@@ -31,11 +31,12 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 
+from .. import urls
 from ..sdk_parity import count_unreadable
 from ..store import SessionInfo, SessionStore
 from ._common import EXIT_USAGE, err_console, fail, out_console, usable_url
 from ._options import _check_policy, _filters, parse_duration
-from ._transfer import SideError, import_source, on_side, same_database
+from ._transfer import SideError, import_source, on_side
 
 __all__ = ["parse_duration", "register"]
 
@@ -435,7 +436,7 @@ def copy_command(
     policy = _check_policy(on_conflict)
     to = usable_url(to, env_var=URL_ENV_VAR, option="--to", exists=not create_tables)
     filters = _filters(prefix, owner, meta, after, before)
-    if url and same_database(url, to):
+    if url and urls.same_database(url, to):
         # Two engines on one database: the store cannot tell, and "append"
         # would double every session ("skip" and "replace" do nothing useful).
         raise typer.BadParameter("the source (--url) and the target are the same database")
