@@ -19,7 +19,7 @@ another on every backend (see :mod:`lattice.dialects`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from .. import dialects
@@ -114,22 +114,7 @@ class Operations:
         # then the DELETE and COMMIT as another (two round trips where the
         # driver runs plans). The item is in hand before COMMIT is sent, and
         # becomes the result should the reply to that COMMIT be lost.
-        locked, _, rows = await run.steps(
-            [
-                replace(lock, stop_if_empty=False),
-                journal,
-                Step(StepKind.ROWS, Stmt.SELECT_NEWEST, sid),
-            ],
-            commit=False,
-        )
-        if not rows:
-            if locked:
-                await run.rollback()
-            return None
-        popped = Popped(int(rows[0][0]), rows[0][1], token)
-        run.if_committed = popped
-        await run.steps([Step(StepKind.COUNT, Stmt.DELETE_BY_ID, {"mid": popped.message_id})])
-        return popped
+        return await self.pop_checked(run, session_id, token, _accept)
 
     async def pop_checked(
         self, run: Runner, session_id: str, token: str, check: Callable[[str], None]
@@ -213,6 +198,10 @@ class Operations:
     async def prune_journal(self, run: Runner, window_ms: int) -> int:
         """Delete the journal rows older than ``window_ms`` (by the server's clock)."""
         return await run.count(Stmt.JOURNAL_PRUNE, {"window_ms": window_ms})
+
+
+def _accept(text: str) -> None:
+    """The check of a plain pop: every item may go."""
 
 
 def _journal(session_id: str, token: str, kind: str) -> Step:
