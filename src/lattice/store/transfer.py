@@ -381,8 +381,11 @@ async def export_jsonl(
             ok = True
             return result
         finally:
-            await asyncio.to_thread(handle.close)
-            await asyncio.to_thread(_finish_file, partial, final, ok)
+            # Not awaited: an interrupted export (Ctrl-C, SIGTERM) is a
+            # cancellation, which would cancel an await here too and leave
+            # the .partial file behind. Closing and renaming are quick.
+            handle.close()
+            _finish_file(partial, final, ok)
     return await _export(store, destination, filters, progress)
 
 
