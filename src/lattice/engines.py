@@ -197,10 +197,8 @@ async def _loop_watcher(loop: asyncio.AbstractEventLoop) -> AsyncIterator[None]:
 def _watch_loop(loop: asyncio.AbstractEventLoop) -> None:
     """Dispose of ``loop``'s shared engines when it shuts down.
 
-    The loop finalises the async generators it has seen start
-    (``loop.shutdown_asyncgens()``, which ``asyncio.run`` and
-    ``asyncio.Runner`` call before closing), so a generator started on it and
-    left suspended is the public way to run code at its shutdown.
+    ``asyncio.run`` and ``asyncio.Runner`` finalise the async generators a loop
+    has started (``shutdown_asyncgens``): a suspended one runs code at shutdown.
     """
     if id(loop) in _WATCHERS:
         return
@@ -314,12 +312,9 @@ class _LoopLocks:
 class _CrossLoopLock:
     """A lock that serialises its holders across event loops and threads.
 
-    An asyncio lock belongs to one loop; an in-memory SQLite engine's one
-    connection may be used from several (one object used by two threads,
-    each with its own loop). Within a loop, callers queue on that loop's
-    asyncio lock (fair, no polling); across loops, the holder of each loop's
-    turn takes a thread lock, waiting in short sleeps in the rare case that
-    another loop holds it.
+    An in-memory SQLite engine's one connection may be used from several loops
+    (threads). Within a loop callers queue on its asyncio lock; across loops
+    the holder of a loop's turn takes a thread lock, sleeping briefly if taken.
     """
 
     __slots__ = ("_loops", "_thread_lock")
@@ -433,6 +428,9 @@ def engine_state(engine: AsyncEngine) -> EngineState:
     return state
 
 
+_CREATE_ATTEMPTS = 12  # create_tables rounds (more than the tables and indexes to make)
+
+
 async def ensure_tables(engine: AsyncEngine, state: EngineState, tables: Any) -> None:
     """Create ``tables`` (a :class:`lattice.schema.LatticeTables`) if missing, once per engine."""
     if tables in state.created:
@@ -441,14 +439,16 @@ async def ensure_tables(engine: AsyncEngine, state: EngineState, tables: Any) ->
         if tables in state.created:
             return
         async with state.exclusive():
-            try:
-                async with engine.begin() as conn:
-                    await conn.run_sync(tables.metadata.create_all)
-            except (IntegrityError, ProgrammingError, OperationalError):
-                # Another process created them between our check and
-                # CREATE; check again, and re-raise if they are still missing.
-                async with engine.begin() as conn:
-                    await conn.run_sync(tables.metadata.create_all)
+            for attempt in range(_CREATE_ATTEMPTS):
+                try:
+                    async with engine.begin() as conn:
+                        await conn.run_sync(tables.metadata.create_all)
+                    break
+                except (IntegrityError, ProgrammingError, OperationalError):
+                    # Another process made a table or index meanwhile: retry.
+                    if attempt == _CREATE_ATTEMPTS - 1:
+                        raise
+                    await asyncio.sleep(0.02 * (attempt + 1))
         state.created.add(tables)
 
 
