@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= dev,postgres,psycopg,mysql,asyncmy,agents,openai
 
-.PHONY: install demo test lint types docs pytest bench bench-smoke soak clean
+.PHONY: install demo test test-cluster lint types docs pytest bench bench-smoke soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +33,17 @@ docs: install
 # (LATTICE_TEST_DRIVERS=other: psycopg for asyncpg, asyncmy for aiomysql; tests/conftest.py)
 OTHER_DRIVERS = LATTICE_TEST_DRIVERS=other
 
+# tests/cluster/ starts private database clusters and runs in `make test-cluster`.
 pytest: install
-	$(BIN)/pytest $(PYTEST_ARGS)
-	$(OTHER_DRIVERS) $(BIN)/pytest -m "postgres or mysql" $(PYTEST_ARGS)
+	$(BIN)/pytest --ignore=tests/cluster $(PYTEST_ARGS)
+	$(OTHER_DRIVERS) $(BIN)/pytest --ignore=tests/cluster -m "postgres or mysql" $(PYTEST_ARGS)
 
 test: lint types docs pytest
+
+# Private PostgreSQL (primary, standby, PgBouncer) and MariaDB Galera clusters
+# on loopback, started and stopped by the scripts in cluster/.
+test-cluster: install
+	$(BIN)/pytest tests/cluster $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
