@@ -5,6 +5,7 @@ The public names::
     from lattice import (
         Session, SessionABC, SessionSettings,
         SQLAlchemySession, SQLiteSession,
+        AdvancedSQLAlchemySession, AdvancedSQLiteSession,
         OpenAIConversationsSession,
         SessionStore, SessionInfo, SessionPage,
         DeleteResult, ExportResult, ImportResult,
@@ -22,12 +23,15 @@ from .sqlalchemy_session import SQLAlchemySession
 from .sqlite_session import SQLiteSession
 
 if TYPE_CHECKING:
+    from .advanced import AdvancedSQLAlchemySession, AdvancedSQLiteSession
     from .openai_conversations import OpenAIConversationsSession
     from .protocol import SessionSettings
     from .store import SessionPage, SessionStore
     from .store.model import DeleteResult, ExportResult, ImportResult, SessionInfo
 
 __all__ = [
+    "AdvancedSQLAlchemySession",
+    "AdvancedSQLiteSession",
     "DeleteResult",
     "ExportResult",
     "ImportResult",
@@ -52,6 +56,8 @@ __version__ = "0.1.0"
 # SessionSettings is the Agents SDK's class when it is installed (which takes
 # seconds to import; see lattice.protocol).
 _LAZY = {
+    "AdvancedSQLAlchemySession": ".advanced",
+    "AdvancedSQLiteSession": ".advanced",
     "OpenAIConversationsSession": ".openai_conversations",
     "SessionSettings": ".protocol",
     "SessionStore": ".store",

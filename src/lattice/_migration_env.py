@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection
 from . import schema
 from .engines import make_engine, normalize_url
 from .errors import LatticeError
+from .schema_advanced import advanced_table_names
 
 __all__ = [
     "LATTICE_TABLES",
@@ -50,11 +51,16 @@ __all__ = [
 
 VERSION_TABLE = "lattice_alembic_version"
 URL_ENV_VAR = "LATTICE_DATABASE_URL"
+#: The advanced sessions' tables (revision 0005).
+_ADVANCED_TABLES = frozenset(
+    advanced_table_names(schema.DEFAULT_SESSIONS_TABLE, schema.DEFAULT_MESSAGES_TABLE)
+)
 LATTICE_TABLES = frozenset(
     {
         schema.DEFAULT_SESSIONS_TABLE,
         schema.DEFAULT_MESSAGES_TABLE,
         schema.journal_table_name(schema.DEFAULT_SESSIONS_TABLE),
+        *_ADVANCED_TABLES,
     }
 )
 #: The tables that, with no version table, say which revision a database is at.
@@ -228,14 +234,13 @@ def _exclusive(connection: Connection, *, external: bool) -> Iterator[None]:
             connection.commit()
 
 
-def _only_the_journal_is_missing(diff: list[Any]) -> bool:
-    """True when autogenerate's differences are just the journal table to add."""
-    journal = schema.journal_table_name(schema.DEFAULT_SESSIONS_TABLE)
+def _only_missing(diff: list[Any], names: frozenset[str]) -> bool:
+    """True when autogenerate's differences are just the tables ``names`` to add."""
     for change in diff:
         op = change[0] if isinstance(change, tuple) else None
-        if op == "add_table" and change[1].name == journal:
+        if op == "add_table" and change[1].name in names:
             continue
-        if op == "add_index" and change[1].table.name == journal:
+        if op == "add_index" and change[1].table.name in names:
             continue
         return False
     return True
@@ -269,7 +274,13 @@ def _adopt_existing_tables(context: EnvironmentContext, connection: Connection) 
     elif not (diff := compare_metadata(migration, schema.metadata)):
         revision = "heads"
         what = "tables made by create_tables=True"
-    elif _only_the_journal_is_missing(diff):
+    elif _only_missing(diff, _ADVANCED_TABLES):
+        # create_tables=True before the advanced sessions' tables (revision 0005).
+        revision = "0004"
+        what = "tables made by create_tables=True before the advanced sessions' tables"
+    elif _only_missing(
+        diff, _ADVANCED_TABLES | {schema.journal_table_name(schema.DEFAULT_SESSIONS_TABLE)}
+    ):
         # create_tables=True before the write journal (revision 0004) existed.
         revision = "0003"
         what = "tables made by create_tables=True before the write journal"

@@ -221,7 +221,7 @@ def utc_now() -> dt.datetime:
 
 _PAYLOAD = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 # SQLite only treats ``INTEGER PRIMARY KEY`` as the rowid; BIGINT elsewhere.
-_ORDER_KEY = BigInteger().with_variant(Integer(), "sqlite")
+_ORDER_KEY = ORDER_KEY = BigInteger().with_variant(Integer(), "sqlite")
 # utf8mb4 so the payload holds any Unicode text; a binary collation so nothing
 # on the server ever folds or reorders ids or payloads.
 _MYSQL_TABLE_OPTIONS: dict[str, Any] = {
@@ -229,6 +229,7 @@ _MYSQL_TABLE_OPTIONS: dict[str, Any] = {
     "mysql_charset": "utf8mb4",
     "mysql_collate": "utf8mb4_bin",
 }
+MYSQL_TABLE_OPTIONS = _MYSQL_TABLE_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -352,6 +353,10 @@ def lattice_tables(
         Index(object_name("ix", journal_name, "at"), "at_ms"),
         **_MYSQL_TABLE_OPTIONS,
     )
+    # The advanced sessions' tables (branches, turns, usage) on the same MetaData.
+    from .schema_advanced import define_advanced_tables
+
+    define_advanced_tables(meta, sessions_table, messages_table)
     return LatticeTables(meta, sessions, messages, journal)
 
 

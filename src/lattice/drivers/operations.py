@@ -52,6 +52,10 @@ class Operations:
         """True when an append is one statement that commits by itself (no BEGIN)."""
         return self.driver.append_in_one_statement
 
+    async def max_packet(self, run: Runner) -> int:
+        """MySQL's ``max_allowed_packet`` (asked once per engine)."""
+        return await self._max_packet(run)
+
     async def _max_packet(self, run: Runner) -> int:
         if self.state.max_packet is None:
             rows = await run.sql_rows("SELECT @@max_allowed_packet")

@@ -32,6 +32,11 @@ class SQLAlchemyRunner:
         self.maybe_committed = False
         self.if_committed: Any = None
 
+    @property
+    def connection(self) -> AsyncConnection:
+        """The connection, in its transaction (advanced sessions run Core statements on it)."""
+        return self._conn
+
     async def rows(self, stmt: Stmt, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
         return (await self._conn.execute(getattr(self._stmts, stmt.value), params)).all()
 
