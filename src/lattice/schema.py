@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -53,6 +54,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeEngine
 
 from .items import MAX_SESSION_ID_LENGTH
+from .schema_advanced import define_advanced_tables
 
 __all__ = [
     "DEFAULT_MESSAGES_TABLE",
@@ -354,9 +356,7 @@ def lattice_tables(
         **_MYSQL_TABLE_OPTIONS,
     )
     # The advanced sessions' tables (branches, turns, usage) on the same MetaData.
-    from .schema_advanced import define_advanced_tables
-
-    define_advanced_tables(meta, sessions_table, messages_table)
+    define_advanced_tables(meta, sessions_table, messages_table, sys.modules[__name__])
     return LatticeTables(meta, sessions, messages, journal)
 
 

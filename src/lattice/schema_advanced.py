@@ -32,6 +32,7 @@ How a branch holds its items without copying them:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -45,9 +46,6 @@ from sqlalchemy import (
     Table,
     Text,
 )
-
-from . import schema
-from .schema import CurrentTimestamp, SessionId, UtcDateTime, object_name
 
 __all__ = [
     "BRANCH_ACTIVE",
@@ -93,8 +91,16 @@ def advanced_table_names(sessions_table: str, messages_table: str) -> tuple[str,
     )
 
 
-def define_advanced_tables(meta: MetaData, sessions_table: str, messages_table: str) -> None:
-    """Add the advanced tables to ``meta`` (called by :func:`lattice.schema.lattice_tables`)."""
+def define_advanced_tables(
+    meta: MetaData, sessions_table: str, messages_table: str, schema: Any
+) -> None:
+    """Add the advanced tables to ``meta`` (called by :func:`lattice.schema.lattice_tables`).
+
+    ``schema`` is the :mod:`lattice.schema` module, which owns the portable
+    column types (passed in, so that the two modules import in one direction).
+    """
+    SessionId, UtcDateTime = schema.SessionId, schema.UtcDateTime
+    CurrentTimestamp, object_name = schema.CurrentTimestamp, schema.object_name
     branches_name, segments_name, structure_name, usage_name = advanced_table_names(
         sessions_table, messages_table
     )
@@ -184,8 +190,8 @@ def define_advanced_tables(meta: MetaData, sessions_table: str, messages_table: 
     )
 
 
-def advanced_tables(tables: schema.LatticeTables) -> AdvancedTables:
-    """The advanced tables that belong with ``tables`` (on the same ``MetaData``)."""
+def advanced_tables(tables: Any) -> AdvancedTables:
+    """The advanced tables that belong with ``tables``, a :class:`lattice.schema.LatticeTables`."""
     names = advanced_table_names(tables.sessions.name, tables.messages.name)
     found = [tables.metadata.tables[name] for name in names]
     return AdvancedTables(*found)

@@ -160,9 +160,13 @@ def _decoded(text: str) -> Any:
 
 
 def _structure(
-    sid: str, items: list[tuple[int, Any]], last_turn: int
+    sid: str, items: list[tuple[int, Any]], last_turn: int, continues: int | None = None
 ) -> tuple[list[dict[str, Any]], int]:
-    """Structure rows for ``(id, item)`` pairs continuing after ``last_turn``; the new last turn."""
+    """Structure rows for ``(id, item)`` pairs continuing after ``last_turn``; the new last turn.
+
+    Items before the batch's first user message belong to turn ``continues``
+    when given (the turn their run opened), else to ``last_turn``.
+    """
     rows = []
     turn = last_turn
     for message_id, item in items:
@@ -173,7 +177,7 @@ def _structure(
                 "message_id": message_id,
                 "session_id": sid,
                 "message_type": classify.message_type(item),
-                "turn": turn,
+                "turn": continues if continues is not None and turn == last_turn else turn,
                 "tool_name": classify.tool_name(item),
             }
         )
@@ -198,18 +202,28 @@ async def _set_last_turn(tx: Tx, branch: str, turn: int) -> None:
 # -- append ---------------------------------------------------------------------------
 
 
-async def append(tx: Tx, branch: str, items: list[Any], texts: list[str]) -> Appended:
-    """Store ``items`` as one batch at the end of ``branch``: rows, structure, one segment."""
+async def append(
+    tx: Tx, branch: str, items: list[Any], texts: list[str], continues: int | None = None
+) -> Appended:
+    """Store ``items`` as one batch at the end of ``branch``: rows, structure, one segment.
+
+    ``continues``: the turn a run opened, which this batch's leading
+    non-user items belong to (another run may have opened a later turn since).
+    """
     if tx.ops.rules.packet_limited:
         dialects.check_packet(texts, await tx.ops.max_packet(tx.run))
     await lock(tx, len(texts))
     await journal(tx)
+    asked = branch
     branch, last_turn = await writable_branch(tx, branch)
-    return await append_rows(tx, branch, last_turn, items, texts)
+    if branch != asked:
+        continues = None
+    return await append_rows(tx, branch, last_turn, items, texts, continues)
 
 
 async def append_rows(
-    tx: Tx, branch: str, last_turn: int, items: list[Any], texts: list[str]
+    tx: Tx, branch: str, last_turn: int, items: list[Any], texts: list[str],
+    continues: int | None = None,
 ) -> Appended:
     """The rows of an append, once the session is locked and journalled."""
     now = utc_now()
@@ -222,7 +236,7 @@ async def append_rows(
         select(m.c.id).where(m.c.session_id == tx.sid).order_by(m.c.id.desc()).limit(len(texts))
     )
     ids = sorted(int(row[0]) for row in newest)
-    rows, turn = _structure(tx.sid, list(zip(ids, items)), last_turn)
+    rows, turn = _structure(tx.sid, list(zip(ids, items)), last_turn, continues)
     await tx.execute(insert(tx.t.structure), rows)
     await _add_segment(tx, branch, ids[0], ids[-1])
     if turn != last_turn:

@@ -200,7 +200,10 @@ class AdvancedSQLAlchemySession(SQLAlchemySession):
                 if done.turn is not None and pin.turn is None:
                     pin.turn, pin.anchor = done.turn, done.anchor
 
-        await self._write(lambda tx: ops.append(tx, branch, batch, texts), after=after)
+        continues = pin.turn if pin is not None else None
+        await self._write(
+            lambda tx: ops.append(tx, branch, batch, texts, continues), after=after
+        )
 
     async def pop_item(self, *, wrapper: Any = None) -> InputItem | None:
         """Remove and return the newest item of the current branch, or ``None``.
