@@ -70,8 +70,7 @@ def texts(items: list[Any]) -> list[str]:
 
 
 def counts(found: Any) -> tuple[int, int, int, int]:
-    return (found["requests"], found["input_tokens"], found["output_tokens"],
-            found["total_tokens"])
+    return (found["requests"], found["input_tokens"], found["output_tokens"], found["total_tokens"])
 
 
 async def rows(engine: AsyncEngine, tables: LatticeTables) -> dict[str, int]:
@@ -80,7 +79,9 @@ async def rows(engine: AsyncEngine, tables: LatticeTables) -> dict[str, int]:
     found = {}
     async with engine.connect() as conn:
         for table in (tables.messages, adv.branches, adv.segments, adv.structure, adv.usage):
-            found[table.name] = (await conn.execute(select(func.count()).select_from(table))).scalar()
+            found[table.name] = (
+                await conn.execute(select(func.count()).select_from(table))
+            ).scalar()
     return found
 
 
@@ -91,21 +92,31 @@ async def test_runner_turns_branches_and_usage(make: Factory) -> None:
     session = make()
     assert isinstance(session, Session)
     results = []
-    for turn, (q, a) in enumerate([("my name is Ada", "hi Ada"), ("I like tea", "noted"),
-                                    ("what do I like?", "tea")], start=1):
+    for turn, (q, a) in enumerate(
+        [("my name is Ada", "hi Ada"), ("I like tea", "noted"), ("what do I like?", "tea")], start=1
+    ):
         result = await ask(session, q, a, turn)
         await session.store_run_usage(result)
         results.append(result)
     assert texts(await session.get_items()) == [
-        "my name is Ada", "hi Ada", "I like tea", "noted", "what do I like?", "tea"
+        "my name is Ada",
+        "hi Ada",
+        "I like tea",
+        "noted",
+        "what do I like?",
+        "tea",
     ]
     turns = await session.get_conversation_turns()
     assert [(t["turn"], t["content"]) for t in turns] == [
-        (1, "my name is Ada"), (2, "I like tea"), (3, "what do I like?")
+        (1, "my name is Ada"),
+        (2, "I like tea"),
+        (3, "what do I like?"),
     ]
     by_turn = await session.get_conversation_by_turns()
     assert {k: [e["type"] for e in v] for k, v in by_turn.items()} == {
-        1: ["user", "assistant"], 2: ["user", "assistant"], 3: ["user", "assistant"]
+        1: ["user", "assistant"],
+        2: ["user", "assistant"],
+        3: ["user", "assistant"],
     }
     second = await session.get_turn_usage(2)
     assert isinstance(second, dict)
@@ -113,7 +124,10 @@ async def test_runner_turns_branches_and_usage(make: Factory) -> None:
     assert second["output_tokens_details"]["reasoning_tokens"] == 0
     assert counts(second) == (1, 20, 2, 22)
     assert await session.get_session_usage() == {
-        "requests": 3, "input_tokens": 60, "output_tokens": 6, "total_tokens": 66,
+        "requests": 3,
+        "input_tokens": 60,
+        "output_tokens": 6,
+        "total_tokens": 66,
         "total_turns": 3,
     }
 
@@ -125,15 +139,19 @@ async def test_runner_turns_branches_and_usage(make: Factory) -> None:
     assert texts(m.calls[0].input) == ["my name is Ada", "hi Ada", "I like coffee"]
     await session.store_run_usage(result)
     assert texts(await session.get_items()) == [
-        "my name is Ada", "hi Ada", "I like coffee", "coffee it is"
+        "my name is Ada",
+        "hi Ada",
+        "I like coffee",
+        "coffee it is",
     ]
     assert len(await session.get_items(branch_id="main")) == 6
     assert counts(await session.get_turn_usage(2)) == (1, 50, 5, 55)
     assert (await session.get_session_usage("edit"))["total_turns"] == 1  # type: ignore[index]
     assert (await session.get_session_usage())["total_turns"] == 4  # type: ignore[index]
     listed = await session.list_branches()
-    assert [(b["branch_id"], b["message_count"], b["user_turns"], b["is_current"])
-            for b in listed] == [("main", 6, 3, False), ("edit", 4, 2, True)]
+    assert [
+        (b["branch_id"], b["message_count"], b["user_turns"], b["is_current"]) for b in listed
+    ] == [("main", 6, 3, False), ("edit", 4, 2, True)]
     assert listed[1]["parent_branch_id"] == "main" and listed[1]["from_turn"] == 2
     assert [t["turn"] for t in await session.find_turns_by_content("LIKE")] == [2]
     assert [t["turn"] for t in await session.find_turns_by_content("like", "main")] == [2, 3]
@@ -164,20 +182,26 @@ async def test_runner_turns_branches_and_usage(make: Factory) -> None:
 
 async def test_tool_usage_and_auto_branch_names(make: Factory) -> None:
     session = make()
-    await session.add_items([
-        {"role": "user", "content": "weather?"},
-        {"type": "function_call", "name": "weather", "call_id": "c1", "arguments": "{}"},
-        {"type": "function_call_output", "call_id": "c1", "output": "sun"},
-        {"type": "function_call", "name": "weather", "call_id": "c2", "arguments": "{}"},
-        {"type": "mcp_call", "server_label": "srv", "name": "look", "id": "x"},
-        {"role": "assistant", "content": "sunny"},
-    ])
-    await session.add_items([{"role": "user", "content": "again"},
-                             {"type": "web_search_call", "id": "w"}])
-    assert await session.get_tool_usage() == [("weather", 2, 1), ("srv.look", 1, 1),
-                                              ("web_search_call", 1, 2)] or sorted(
-        await session.get_tool_usage()) == sorted([("weather", 2, 1), ("srv.look", 1, 1),
-                                                   ("web_search_call", 1, 2)])
+    await session.add_items(
+        [
+            {"role": "user", "content": "weather?"},
+            {"type": "function_call", "name": "weather", "call_id": "c1", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "sun"},
+            {"type": "function_call", "name": "weather", "call_id": "c2", "arguments": "{}"},
+            {"type": "mcp_call", "server_label": "srv", "name": "look", "id": "x"},
+            {"role": "assistant", "content": "sunny"},
+        ]
+    )
+    await session.add_items(
+        [{"role": "user", "content": "again"}, {"type": "web_search_call", "id": "w"}]
+    )
+    assert await session.get_tool_usage() == [
+        ("weather", 2, 1),
+        ("srv.look", 1, 1),
+        ("web_search_call", 1, 2),
+    ] or sorted(await session.get_tool_usage()) == sorted(
+        [("weather", 2, 1), ("srv.look", 1, 1), ("web_search_call", 1, 2)]
+    )
     name = await session.create_branch_from_turn(2)
     assert name.startswith("branch_from_turn_2_")
     await session.switch_to_branch("main")
@@ -205,8 +229,11 @@ async def test_a_branch_of_10000_items_writes_one_row_per_batch(
     adv = advanced_tables(tables)
     # One branch row and one segment per earlier batch; no message or structure row.
     assert written == {
-        tables.messages.name: 0, adv.branches.name: 1, adv.segments.name: turns - 1,
-        adv.structure.name: 0, adv.usage.name: 0,
+        tables.messages.name: 0,
+        adv.branches.name: 1,
+        adv.segments.name: turns - 1,
+        adv.structure.name: 0,
+        adv.usage.name: 0,
     }
     assert len(await session.get_items()) == (turns - 1) * per_turn
     assert texts(await session.get_items(limit=1)) == [f"a{turns - 2}.{per_turn - 2}"]
@@ -219,8 +246,12 @@ async def test_pops_and_deletes_keep_what_another_branch_holds(
     make: Factory, engine: AsyncEngine, tables: LatticeTables
 ) -> None:
     session = make()
-    await session.add_items([{"role": "user", "content": "one"}, {"role": "assistant", "content": "1"}])
-    await session.add_items([{"role": "user", "content": "two"}, {"role": "assistant", "content": "2"}])
+    await session.add_items(
+        [{"role": "user", "content": "one"}, {"role": "assistant", "content": "1"}]
+    )
+    await session.add_items(
+        [{"role": "user", "content": "two"}, {"role": "assistant", "content": "2"}]
+    )
     await session.create_branch_from_turn(2, "b")
     # The branch's newest item is main's "1": popped from b, it stays in main.
     assert await session.pop_item() == {"role": "assistant", "content": "1"}
@@ -249,10 +280,17 @@ async def test_popping_a_turn_drops_its_usage(make: Factory) -> None:
     result = await ask(session, "hello", "hi", 3)
     await session.store_run_usage(result)
     assert (await session.get_session_usage())["total_tokens"] == 33  # type: ignore[index]
-    assert await session.pop_item() == {
-        "id": "scripted-message", "content": [{"annotations": [], "logprobs": [],
-        "text": "hi", "type": "output_text"}], "role": "assistant", "status": "completed",
-        "type": "message"} or True
+    assert (
+        await session.pop_item()
+        == {
+            "id": "scripted-message",
+            "content": [{"annotations": [], "logprobs": [], "text": "hi", "type": "output_text"}],
+            "role": "assistant",
+            "status": "completed",
+            "type": "message",
+        }
+        or True
+    )
     await session.pop_item()
     assert await session.get_session_usage() is None
     assert await session.get_conversation_turns() == []
@@ -288,7 +326,7 @@ async def test_bad_items_and_ids_write_nothing(
         await session.add_items([{"role": "user", "content": "x"}, {"bad": object()}])
     with pytest.raises(ValueError, match="item 0"):
         await session.add_items([{"n": float("nan")}])
-    assert (await rows(engine, tables)) == {name: 0 for name in await rows(engine, tables)}
+    assert (await rows(engine, tables)) == dict.fromkeys(await rows(engine, tables), 0)
     for sid in ("bob", "bob ", "Bob"):
         await make(sid).add_items([{"role": "user", "content": sid}])
     assert texts(await make("bob ").get_items()) == ["bob "]
@@ -304,8 +342,12 @@ async def test_bad_items_and_ids_write_nothing(
 
 async def test_hooks_work_on_the_current_branch(make: Factory) -> None:
     session = make()
-    await session.add_items([{"role": "user", "content": "one"}, {"role": "assistant", "content": "1"}])
-    await session.add_items([{"role": "user", "content": "two"}, {"role": "assistant", "content": "2"}])
+    await session.add_items(
+        [{"role": "user", "content": "one"}, {"role": "assistant", "content": "1"}]
+    )
+    await session.add_items(
+        [{"role": "user", "content": "two"}, {"role": "assistant", "content": "2"}]
+    )
     await session.create_branch_from_turn(2, "b")
     await session.add_items([{"role": "user", "content": "deux"}])
 
@@ -316,7 +358,8 @@ async def test_hooks_work_on_the_current_branch(make: Factory) -> None:
         await session._pop_item_with_validation(refuse)
     assert texts(await session.get_items()) == ["one", "1", "deux"]
     assert await session._pop_item_with_validation(lambda item: None) == {
-        "role": "user", "content": "deux"
+        "role": "user",
+        "content": "deux",
     }
     await session.replace_items([{"role": "user", "content": "summary"}])
     assert texts(await session.get_items()) == ["summary"]
@@ -341,7 +384,10 @@ async def test_usage_is_written_once_per_run_when_retried(make: Factory) -> None
     await asyncio.gather(*(session.store_run_usage(result) for _ in range(4)))
     await session.store_run_usage(result)
     assert await session.get_session_usage() == {
-        "requests": 1, "input_tokens": 20, "output_tokens": 2, "total_tokens": 22,
+        "requests": 1,
+        "input_tokens": 20,
+        "output_tokens": 2,
+        "total_tokens": 22,
         "total_turns": 1,
     }
     # Another run's later turn does not take this run's usage.
@@ -413,14 +459,16 @@ async def test_concurrent_pops_hand_each_item_out_once(make: Factory) -> None:
         return got
 
     got = await asyncio.gather(*(drain(p) for p in popper))
-    assert sorted(sum(got, [])) == sorted(f"m{i}" for i in range(20))
+    assert sorted(item for batch in got for item in batch) == sorted(f"m{i}" for i in range(20))
     assert len(await session.get_items(branch_id="main")) == 30
 
 
 async def test_cancelled_pops_put_the_item_back(engine: AsyncEngine, make: Factory) -> None:
     instrument(engine)
     session = make()
-    await session.add_items([{"role": "user", "content": "one"}, {"role": "assistant", "content": "1"}])
+    await session.add_items(
+        [{"role": "user", "content": "one"}, {"role": "assistant", "content": "1"}]
+    )
     await session.add_items([{"role": "user", "content": "two"}])
     await session.create_branch_from_turn(2, "b")
     await session.add_items([{"role": "assistant", "content": "own"}])
@@ -472,11 +520,18 @@ async def test_a_run_on_a_deleted_branch_writes_nothing(make: Factory) -> None:
 async def test_advanced_sqlite_session_takes_the_sdk_constructor(tmp_path: Any) -> None:
     logger = logging.getLogger("test.advanced")
     path = tmp_path / "adv.db"
-    session = AdvancedSQLiteSession(session_id="s", db_path=path, create_tables=True, logger=logger,
-                                    session_settings={"limit": 1})
+    session = AdvancedSQLiteSession(
+        session_id="s",
+        db_path=path,
+        create_tables=True,
+        logger=logger,
+        session_settings={"limit": 1},
+    )
     with pytest.raises(TypeError):
         AdvancedSQLiteSession("s")  # type: ignore[misc]
-    await session.add_items([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+    await session.add_items(
+        [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    )
     assert texts(await session.get_items()) == ["b"]
     again = AdvancedSQLiteSession(session_id="s", db_path=str(path))
     assert len(await again.get_items(limit=5)) == 2
@@ -486,17 +541,25 @@ async def test_advanced_sqlite_session_takes_the_sdk_constructor(tmp_path: Any) 
     again.close()
 
 
-async def test_a_plain_history_is_adopted_as_main(engine: AsyncEngine, tables: LatticeTables,
-                                                  make: Factory) -> None:
-    plain = SQLAlchemySession("p", engine=engine, sessions_table=tables.sessions.name,
-                              messages_table=tables.messages.name)
-    await plain.add_items([{"role": "user", "content": "old"}, {"role": "assistant", "content": "x"}])
+async def test_a_plain_history_is_adopted_as_main(
+    engine: AsyncEngine, tables: LatticeTables, make: Factory
+) -> None:
+    plain = SQLAlchemySession(
+        "p", engine=engine, sessions_table=tables.sessions.name, messages_table=tables.messages.name
+    )
+    await plain.add_items(
+        [{"role": "user", "content": "old"}, {"role": "assistant", "content": "x"}]
+    )
     session = make("p")
+    assert texts(await session.get_items()) == ["old", "x"]  # before its first write
+    assert await session.pop_item() == {"role": "assistant", "content": "x"}
+    await session.add_items([{"role": "assistant", "content": "x"}])
     await session.add_items([{"role": "user", "content": "new"}])
     assert texts(await session.get_items()) == ["old", "x", "new"]
     assert [t["turn"] for t in await session.get_conversation_turns()] == [1, 2]
-    url_session = AdvancedSQLAlchemySession.from_url("u", url="sqlite+aiosqlite:///:memory:",
-                                                     create_tables=True)
+    url_session = AdvancedSQLAlchemySession.from_url(
+        "u", url="sqlite+aiosqlite:///:memory:", create_tables=True
+    )
     await url_session.add_items([{"role": "user", "content": "m"}])
     assert texts(await url_session.get_items()) == ["m"]
     url_session.close()

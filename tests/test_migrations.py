@@ -13,9 +13,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData, inspect, text
 
-from lattice import migrations, schema
+from lattice import AdvancedSQLAlchemySession, SQLAlchemySession, migrations, schema
 from lattice._migration_env import include_name
 from lattice.engines import make_engine
+from lattice.schema_advanced import advanced_table_names
 
 
 async def schema_diff(url: str, metadata: MetaData = schema.metadata) -> list[Any]:
@@ -137,3 +138,33 @@ async def test_offline_sql_builds_the_same_schema(fresh_url: str) -> None:
         await engine.dispose()
     assert await schema_diff(fresh_url) == []
     assert await migrations.check(fresh_url) == await head()
+
+
+async def test_create_tables_before_the_advanced_tables_is_upgraded(fresh_url: str) -> None:
+    """Tables made by ``create_tables=True`` before revision 0005 are stamped 0004, then
+    upgraded: the advanced sessions' tables are added and the data stays."""
+    names = advanced_table_names(schema.DEFAULT_SESSIONS_TABLE, schema.DEFAULT_MESSAGES_TABLE)
+    advanced = set(names)
+    older = [t for name, t in schema.metadata.tables.items() if name not in advanced]
+    engine = make_engine(fresh_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: schema.metadata.create_all(c, tables=older))
+        session = SQLAlchemySession("kept", engine=engine)
+        await session.add_items([{"role": "user", "content": "hi"}])
+    finally:
+        await engine.dispose()
+    assert advanced <= {change[1].name for change in await schema_diff(fresh_url)}
+    await migrations.upgrade(fresh_url)
+    assert await schema_diff(fresh_url) == []
+    assert await migrations.current(fresh_url) == await head()
+    assert advanced <= await table_names(fresh_url)
+    engine = make_engine(fresh_url)
+    try:
+        session = AdvancedSQLAlchemySession("kept", engine=engine)
+        assert await session.get_items() == [{"role": "user", "content": "hi"}]
+        assert [b["branch_id"] for b in await session.list_branches()] == []
+        await session.add_items([{"role": "user", "content": "again"}])
+        assert [t["turn"] for t in await session.get_conversation_turns()] == [1, 2]
+    finally:
+        await engine.dispose()

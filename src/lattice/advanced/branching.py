@@ -31,9 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["create", "delete", "replace", "snapshot", "store_usage", "usage_values"]
 
 
-async def create(
-    tx: Tx, source: str, turn: int, name: str | None
-) -> tuple[str, str, Any]:
+async def create(tx: Tx, source: str, turn: int, name: str | None) -> tuple[str, str, Any]:
     """Make a branch holding ``source``'s turns before ``turn``: ``(name, source, content)``.
 
     Copies ``source``'s segments that start before the turn's user message,
@@ -66,8 +64,13 @@ async def create(
     name = await _reserve(tx, name, turn)
     await tx.execute(
         insert(t.branches).values(
-            session_id=tx.sid, branch_id=name, parent_branch_id=source, from_turn=turn,
-            state=BRANCH_ACTIVE, last_turn=turn - 1, created_at=utc_now(),
+            session_id=tx.sid,
+            branch_id=name,
+            parent_branch_id=source,
+            from_turn=turn,
+            state=BRANCH_ACTIVE,
+            last_turn=turn - 1,
+            created_at=utc_now(),
         )
     )
     ranges = (
@@ -81,8 +84,12 @@ async def create(
         await tx.execute(
             insert(s),
             [
-                {"session_id": tx.sid, "branch_id": name, "first_id": int(first),
-                 "last_id": min(int(last), cut - 1)}
+                {
+                    "session_id": tx.sid,
+                    "branch_id": name,
+                    "first_id": int(first),
+                    "last_id": min(int(last), cut - 1),
+                }
                 for first, last in ranges
             ],
         )
@@ -212,9 +219,10 @@ async def snapshot(session: AdvancedSQLAlchemySession, limit: int) -> Any:
         return None
     bound, t = await session._bound_advanced()
     sid, branch = session.session_id, session.current_branch_id
-    async with bound.state.exclusive(), bound.driver.transaction(
-        bound.engine, bound.state, bound.tables
-    ) as run:
+    async with (
+        bound.state.exclusive(),
+        bound.driver.transaction(bound.engine, bound.state, bound.tables) as run,
+    ):
         ring = await run.rows(Stmt.READ_TOKENS, {"sid": sid})
         conn = cast("Any", run).connection
         m, s = t.messages, t.segments
@@ -259,4 +267,4 @@ async def snapshot(session: AdvancedSQLAlchemySession, limit: int) -> Any:
 
         return await session._write(body)
 
-    return _CompactionSnapshot(items, complete, replace_suffix)
+    return _CompactionSnapshot(cast("Any", items), complete, replace_suffix)

@@ -11,7 +11,14 @@ from typing import Any
 
 from ..schema_advanced import MESSAGE_TYPE_LENGTH, TOOL_NAME_LENGTH
 
-__all__ = ["TOOL_CALL_TYPES", "content_matches", "is_user_message", "message_type", "tool_name", "tool_usage"]
+__all__ = [
+    "TOOL_CALL_TYPES",
+    "content_matches",
+    "is_user_message",
+    "message_type",
+    "tool_name",
+    "tool_usage",
+]
 
 #: Item types that count as one use of a tool.
 TOOL_CALL_TYPES = frozenset(
@@ -124,7 +131,8 @@ def content_matches(content: Any, term: str) -> bool:
         return bool(pattern.search(content))
     if isinstance(content, list):
         return any(
-            isinstance(part, dict) and isinstance(part.get("text"), str)
+            isinstance(part, dict)
+            and isinstance(part.get("text"), str)
             and bool(pattern.search(part["text"]))
             for part in content
         )

@@ -91,9 +91,7 @@ async def _count(tx: Tx, delta: int) -> None:
     if delta:
         s = tx.t.sessions
         await tx.execute(
-            update(s)
-            .where(s.c.session_id == tx.sid)
-            .values(item_count=s.c.item_count + delta)
+            update(s).where(s.c.session_id == tx.sid).values(item_count=s.c.item_count + delta)
         )
 
 
@@ -102,7 +100,9 @@ async def branch_row(tx: Tx, branch: str) -> tuple[str, int] | None:
     b = tx.t.branches
     row = (
         await tx.execute(
-            select(b.c.state, b.c.last_turn).where(b.c.session_id == tx.sid, b.c.branch_id == branch)
+            select(b.c.state, b.c.last_turn).where(
+                b.c.session_id == tx.sid, b.c.branch_id == branch
+            )
         )
     ).first()
     return None if row is None else (str(row[0]), int(row[1]))
@@ -142,7 +142,10 @@ async def _make_main(tx: Tx) -> int:
     structure, last_turn = _structure(tx.sid, [(int(r[0]), _decoded(r[1])) for r in rows], 0)
     await tx.execute(
         insert(t.branches).values(
-            session_id=tx.sid, branch_id=MAIN_BRANCH, state=BRANCH_ACTIVE, last_turn=last_turn,
+            session_id=tx.sid,
+            branch_id=MAIN_BRANCH,
+            state=BRANCH_ACTIVE,
+            last_turn=last_turn,
             created_at=utc_now(),
         )
     )
@@ -222,7 +225,11 @@ async def append(
 
 
 async def append_rows(
-    tx: Tx, branch: str, last_turn: int, items: list[Any], texts: list[str],
+    tx: Tx,
+    branch: str,
+    last_turn: int,
+    items: list[Any],
+    texts: list[str],
     continues: int | None = None,
 ) -> Appended:
     """The rows of an append, once the session is locked and journalled."""
@@ -236,7 +243,7 @@ async def append_rows(
         select(m.c.id).where(m.c.session_id == tx.sid).order_by(m.c.id.desc()).limit(len(texts))
     )
     ids = sorted(int(row[0]) for row in newest)
-    rows, turn = _structure(tx.sid, list(zip(ids, items)), last_turn, continues)
+    rows, turn = _structure(tx.sid, list(zip(ids, items, strict=True)), last_turn, continues)
     await tx.execute(insert(tx.t.structure), rows)
     await _add_segment(tx, branch, ids[0], ids[-1])
     if turn != last_turn:
@@ -277,6 +284,8 @@ async def pop(tx: Tx, branch: str, check: Any = None) -> PoppedItem | None:
     found = await branch_row(tx, branch)
     if found is not None and found[0] == BRANCH_CLEARED:
         branch, found = MAIN_BRANCH, await branch_row(tx, MAIN_BRANCH)
+    if found is None and branch == MAIN_BRANCH:
+        found = (BRANCH_ACTIVE, await _make_main(tx))  # a history plain sessions wrote
     if found is None or found[0] != BRANCH_ACTIVE:
         await tx.run.rollback()
         return None
@@ -294,8 +303,15 @@ async def take_newest(tx: Tx, branch: str, check: Any = None) -> PoppedItem | No
     m, s, st = t.messages, t.segments, t.structure
     newest = (
         await tx.execute(
-            branch_messages(t, m.c.id, m.c.message_data, s.c.first_id, st.c.message_type,
-                            st.c.turn, st.c.tool_name)
+            branch_messages(
+                t,
+                m.c.id,
+                m.c.message_data,
+                s.c.first_id,
+                st.c.message_type,
+                st.c.turn,
+                st.c.tool_name,
+            )
             .where(s.c.session_id == tx.sid, s.c.branch_id == branch)
             .order_by(m.c.id.desc())
             .limit(1)
@@ -338,8 +354,13 @@ async def _trim(tx: Tx, branch: str, first: int, message_id: int) -> None:
 
 
 _USAGE_COLUMNS = (
-    "requests", "input_tokens", "output_tokens", "total_tokens",
-    "input_tokens_details", "output_tokens_details", "run_key",
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "input_tokens_details",
+    "output_tokens_details",
+    "run_key",
 )
 
 
@@ -350,7 +371,7 @@ async def _take_usage(tx: Tx, branch: str, turn: int) -> dict[str, Any] | None:
     if row is None:
         return None
     await tx.execute(delete(u).where(key))
-    return dict(zip(_USAGE_COLUMNS, row))
+    return dict(zip(_USAGE_COLUMNS, row, strict=True))
 
 
 async def put_back(tx: Tx, popped: PoppedItem) -> bool:
@@ -379,8 +400,11 @@ async def put_back(tx: Tx, popped: PoppedItem) -> bool:
         await tx.run.count(Stmt.INSERT_MESSAGE_WITH_ID, params)
         await tx.execute(
             insert(tx.t.structure).values(
-                message_id=popped.message_id, session_id=tx.sid,
-                message_type=popped.message_type, turn=popped.turn, tool_name=popped.tool,
+                message_id=popped.message_id,
+                session_id=tx.sid,
+                message_type=popped.message_type,
+                turn=popped.turn,
+                tool_name=popped.tool,
             )
         )
         await _count(tx, 1)

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..schema_advanced import BRANCH_ACTIVE
+from ..schema_advanced import BRANCH_ACTIVE, MAIN_BRANCH
 from .tables import Tables, branch_messages
 
 __all__ = [
@@ -50,9 +50,21 @@ def _of(t: Tables, sid: str, branch: str) -> Any:
 async def items(
     conn: AsyncConnection, t: Tables, sid: str, branch: str, limit: int | None
 ) -> list[str]:
-    """The stored texts of the branch's latest ``limit`` items (all for ``None``), oldest first."""
+    """The stored texts of the branch's latest ``limit`` items (all for ``None``), oldest first.
+
+    Before an advanced session first writes to a history plain sessions
+    stored, ``main`` has no row yet: it is that whole history.
+    """
     m = t.messages
     query = branch_messages(t, m.c.message_data).where(_of(t, sid, branch))
+    found = await _latest(conn, query, m, limit)
+    if not found and branch == MAIN_BRANCH and await branch_state(conn, t, sid, branch) is None:
+        plain = select(m.c.message_data).where(m.c.session_id == sid)
+        found = await _latest(conn, plain, m, limit)
+    return found
+
+
+async def _latest(conn: AsyncConnection, query: Any, m: Any, limit: int | None) -> list[str]:
     if limit is None:
         return [row[0] for row in await conn.execute(query.order_by(m.c.id))]
     rows = (await conn.execute(query.order_by(m.c.id.desc()).limit(limit))).all()
@@ -145,7 +157,7 @@ async def session_usage(
     row = (await conn.execute(query)).first()
     if row is None or row[0] is None:
         return None
-    found = {name: int(value or 0) for name, value in zip(_SUMS, row)}
+    found = {name: int(value or 0) for name, value in zip(_SUMS, row[:4], strict=True)}
     found["total_turns"] = int(row[4] or 0)
     return found
 
@@ -165,7 +177,9 @@ async def turn_usage(
     """Usage rows of the branch's turns (one turn, or all by turn number)."""
     u = t.usage
     query = select(
-        u.c.turn, *(u.c[name] for name in _SUMS), u.c.input_tokens_details,
+        u.c.turn,
+        *(u.c[name] for name in _SUMS),
+        u.c.input_tokens_details,
         u.c.output_tokens_details,
     ).where(u.c.session_id == sid, u.c.branch_id == branch)
     if turn is not None:
@@ -173,7 +187,7 @@ async def turn_usage(
     return [
         {
             "user_turn_number": int(row[0]),
-            **{name: int(value) for name, value in zip(_SUMS, row[1:5])},
+            **{name: int(value) for name, value in zip(_SUMS, row[1:5], strict=True)},
             "input_tokens_details": _loads(row[5]),
             "output_tokens_details": _loads(row[6]),
         }

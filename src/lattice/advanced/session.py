@@ -71,14 +71,20 @@ class AdvancedSQLAlchemySession(SQLAlchemySession):
             self._logger = logger
 
     @classmethod
-    def from_url(  # type: ignore[override]
-        cls, session_id: str, *, url: str, engine_kwargs: dict[str, Any] | None = None,
-        logger: logging.Logger | None = None, **kwargs: Any,
+    def from_url(
+        cls,
+        session_id: str,
+        *,
+        url: str,
+        engine_kwargs: dict[str, Any] | None = None,
+        logger: logging.Logger | None = None,
+        **kwargs: Any,
     ) -> AdvancedSQLAlchemySession:
         """As :meth:`lattice.SQLAlchemySession.from_url`, with ``logger=``."""
-        made = cast("AdvancedSQLAlchemySession", super().from_url(
-            session_id, url=url, engine_kwargs=engine_kwargs, **kwargs
-        ))
+        made = cast(
+            "AdvancedSQLAlchemySession",
+            super().from_url(session_id, url=url, engine_kwargs=engine_kwargs, **kwargs),
+        )
         if logger is not None:
             made._logger = logger
         return made
@@ -98,13 +104,18 @@ class AdvancedSQLAlchemySession(SQLAlchemySession):
             # on which the advanced statements run beside the named ones.
             driver = SQLAlchemyDriver(base.engine.dialect.driver)
             bound = self._advanced = writes.Bound(
-                base.engine, base.state, driver,
-                Operations(driver, base.ops.rules, base.state), base.tables,
+                base.engine,
+                base.state,
+                driver,
+                Operations(driver, base.ops.rules, base.state),
+                base.tables,
             )
         return bound, Tables(bound.tables)
 
     async def _write(
-        self, body: Callable[[ops.Tx], Awaitable[_T]], undo: Any = None,
+        self,
+        body: Callable[[ops.Tx], Awaitable[_T]],
+        undo: Any = None,
         after: Callable[[_T], None] | None = None,
     ) -> _T:
         bound, t = await self._bound_advanced()
@@ -157,7 +168,7 @@ class AdvancedSQLAlchemySession(SQLAlchemySession):
 
     # -- the Session protocol --------------------------------------------------------
 
-    async def get_items(  # type: ignore[override]
+    async def get_items(
         self, limit: int | None = None, branch_id: str | None = None, *, wrapper: Any = None
     ) -> list[InputItem]:
         """The latest ``limit`` items of a branch (the current one by default), oldest first."""
@@ -201,9 +212,7 @@ class AdvancedSQLAlchemySession(SQLAlchemySession):
                     pin.turn, pin.anchor = done.turn, done.anchor
 
         continues = pin.turn if pin is not None else None
-        await self._write(
-            lambda tx: ops.append(tx, branch, batch, texts, continues), after=after
-        )
+        await self._write(lambda tx: ops.append(tx, branch, batch, texts, continues), after=after)
 
     async def pop_item(self, *, wrapper: Any = None) -> InputItem | None:
         """Remove and return the newest item of the current branch, or ``None``.
@@ -217,7 +226,10 @@ class AdvancedSQLAlchemySession(SQLAlchemySession):
     async def _pop_item_with_validation(
         self, validate: Callable[[InputItem], None] | None = None
     ) -> InputItem | None:
-        """``pop_item`` with ``validate(item)`` run before the removal commits (raising keeps it)."""
+        """``pop_item``, with ``validate(item)`` run before the removal commits.
+
+        If ``validate`` raises, the item stays where it was and the exception propagates.
+        """
 
         def check(text: str) -> None:
             try:
@@ -281,12 +293,14 @@ class AdvancedSQLAlchemySession(SQLAlchemySession):
     async def _get_compaction_snapshot(
         self, limit: int, *, prune_prefix: Callable[[InputItem], bool] | None = None
     ) -> Any:
-        """The Agents SDK's compaction hook, on the current branch (see :mod:`lattice.compaction`)."""
+        """The Agents SDK's compaction hook, on the current branch (see lattice.compaction)."""
         return await branching.snapshot(self, limit)
 
     # -- branches ----------------------------------------------------------------
 
-    async def create_branch_from_turn(self, turn_number: int, branch_name: str | None = None) -> str:
+    async def create_branch_from_turn(
+        self, turn_number: int, branch_name: str | None = None
+    ) -> str:
         """Make a branch of the current one holding its turns before ``turn_number``; switch to it.
 
         Nothing is copied but one row per stored batch before that turn.
@@ -371,7 +385,7 @@ class AdvancedSQLAlchemySession(SQLAlchemySession):
     async def get_conversation_turns(self, branch_id: str | None = None) -> list[dict[str, Any]]:
         """The branch's user turns: ``turn``, ``content`` (cut to 100), ``full_content``,
         ``timestamp``, ``can_branch``."""
-        return [turn for turn in await self._turns(branch_id, 100)]
+        return await self._turns(branch_id, 100)
 
     async def _turns(self, branch_id: str | None, cut: int | None) -> list[dict[str, Any]]:
         sid, branch = self.session_id, self._branch_or_current(branch_id)
