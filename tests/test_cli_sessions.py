@@ -87,7 +87,7 @@ async def test_export_import_copy(url: str, tmp_path: Path) -> None:
     assert exported.exit_code == 0, exported.output
     assert json.loads(exported.stdout) == {"sessions": 5, "items": 8}
     lines = dump.read_text(encoding="utf-8").splitlines()
-    assert json.loads(lines[0])["version"] == 1 and json.loads(lines[-1])["type"] == "end"
+    assert json.loads(lines[0])["version"] == 2 and json.loads(lines[-1])["type"] == "end"
 
     skipped = await lattice("import", str(dump), "--url", url, "--on-conflict", "skip", "--json")
     assert json.loads(skipped.stdout) == {

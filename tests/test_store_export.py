@@ -116,6 +116,11 @@ SESSION = (
 )
 ITEM = '{"type": "item", "created_at": "2024-01-01T00:00:00+00:00", "json": "{\\"a\\": 1}"}\n'
 END = '{"type": "end", "sessions": 1, "items": 1}\n'
+BRANCHES = (
+    '{"type": "branches", "branches": [{"branch_id": "main", "created_at": '
+    '"2024-01-01T00:00:00+00:00"}], "segments": [["main", 0, 0]], '
+    '"structure": [["user", 1, null]], "usage": []}\n'
+)
 
 
 @pytest.mark.parametrize(
@@ -123,7 +128,14 @@ END = '{"type": "end", "sessions": 1, "items": 1}\n'
     [
         ("", "empty"),
         ('{"format": "other"}\n', "line 1: not a Lattice export"),
-        ('{"format": "lattice-sessions", "version": 2}\n', "line 1: format version 2"),
+        ('{"format": "lattice-sessions", "version": 3}\n', "line 1: format version 3"),
+        (
+            HEADER + SESSION + ITEM + BRANCHES.replace('"main", 0, 0', '"main", 0, 4') + END,
+            "bad segment",
+        ),
+        (HEADER + SESSION + ITEM + BRANCHES.replace('[["user", 1, null]]', "[]") + END,
+         "structure has 0 entries for 1 items"),
+        (HEADER + BRANCHES + END, "line 2: a branches record before any session"),
         (HEADER + SESSION + ITEM, "without its end line: truncated"),
         (HEADER + ITEM + END, "line 2: an item before any session"),
         (

@@ -206,19 +206,37 @@ def show_command(
     items: int = typer.Option(
         20, "--items", metavar="N", min=0, help="How many of the latest items."
     ),
+    branch: str | None = typer.Option(
+        None, "--branch", metavar="NAME", help="Show this branch of an advanced session."
+    ),
     as_json: bool = _JSON,
 ) -> None:
-    """Show one session: its catalogue row and its latest items."""
+    """Show one session: its catalogue row, its branches and its latest items."""
 
     unreadable = 0
+    branches: list[dict[str, Any]] = []
 
     async def work(store: SessionStore) -> tuple[SessionInfo | None, list[dict[str, Any]]]:
-        nonlocal unreadable
+        nonlocal unreadable, branches
         info = await store.get_info(session_id)
         if info is None:
             return None, []
+        try:
+            branches = await store.list_branches(session_id)
+        except DBAPIError:
+            if branch is not None:
+                raise
+            branches = []  # a database from before advanced sessions (revision 0005)
+        if branch is not None and branch not in [b["branch_id"] for b in branches]:
+            raise _fail(f"session {session_id!r} has no branch {branch!r}")
         with count_unreadable() as box:
-            latest = await store.session(session_id).get_items(limit=items) if items else []
+            if not items:
+                latest = []
+            elif not branches:
+                latest = await store.session(session_id).get_items(limit=items)
+            else:  # an advanced session: its main branch unless --branch names another
+                advanced = store.advanced_session(session_id)
+                latest = await advanced.get_items(limit=items, branch_id=branch or "main")
         unreadable = box[0]
         return info, cast("list[dict[str, Any]]", latest)
 
@@ -227,8 +245,20 @@ def show_command(
         if as_json:
             _print_json(None)  # scripts read null; the exit status is 1
         raise _fail(f"no session {session_id!r}")
+    shown_branches = [
+        {k: b[k] for k in ("branch_id", "message_count", "user_turns", "created_at")}
+        for b in branches
+    ]
     if as_json:
-        _print_json({**info.to_dict(), "items": latest, "unreadable_items": unreadable})
+        _print_json(
+            {
+                **info.to_dict(),
+                "branches": shown_branches,
+                "branch": branch,
+                "items": latest,
+                "unreadable_items": unreadable,
+            }
+        )
         return
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
@@ -238,12 +268,17 @@ def show_command(
     table.add_row("created (UTC)", _stamp(info.created_at))
     table.add_row("last active (UTC)", _stamp(info.updated_at))
     table.add_row("metadata", json.dumps(info.metadata, ensure_ascii=False, indent=1))
+    if branches:
+        listed = ", ".join(f"{b['branch_id']} ({b['message_count']} items)" for b in branches)
+        table.add_row("branches", listed)
     if unreadable:
         # Rows another program wrote that are not JSON: reads skip them.
         table.add_row("unreadable", f"{unreadable} stored row(s) not valid JSON, skipped")
     _out.print(table)
     if latest:
         shown = f"latest {len(latest)} of {info.item_count}"
+        if branch is not None:
+            shown = f"latest {len(latest)} of branch {branch}"
         _out.print(Text.assemble("\n", ("items", "bold"), f" ({shown}, oldest first)"))
         for item in latest:
             _out.print(json.dumps(item, ensure_ascii=False))

@@ -25,6 +25,7 @@ stop working once a store that owns its engine is closed.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -58,6 +59,7 @@ from .retention import DEFAULT_BATCH_ITEMS, Progress
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from ..advanced import AdvancedSQLAlchemySession
     from ..protocol import SessionSettings
 
 __all__ = [
@@ -182,6 +184,35 @@ class SessionStore:
             session_settings=session_settings,
             max_item_bytes=self._core.max_item_bytes,
         )
+
+    def advanced_session(
+        self,
+        session_id: str,
+        session_settings: SessionSettings | dict[str, Any] | None = None,
+        *,
+        logger: logging.Logger | None = None,
+    ) -> AdvancedSQLAlchemySession:
+        """An advanced session (branches, turns, usage) on the store's engine and tables."""
+        from ..advanced import AdvancedSQLAlchemySession
+
+        return AdvancedSQLAlchemySession(
+            session_id,
+            engine=self._core.engine,
+            create_tables=self._core.create_tables,
+            sessions_table=self._core.tables.sessions.name,
+            messages_table=self._core.tables.messages.name,
+            session_settings=session_settings,
+            max_item_bytes=self._core.max_item_bytes,
+            logger=logger,
+        )
+
+    async def list_branches(self, session_id: str) -> list[dict[str, Any]]:
+        """The branches of an advanced session, oldest first, as ``list_branches()`` gives them.
+
+        ``is_current`` is ``True`` for ``main``: the current branch belongs to
+        a session object, and a fresh one starts there.
+        """
+        return await self.advanced_session(check_session_id(session_id)).list_branches()
 
     # -- the catalogue ---------------------------------------------------------
 

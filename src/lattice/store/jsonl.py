@@ -1,12 +1,13 @@
-"""The JSON Lines export format, version 1, as pure code: lines out, checked records in.
+"""The JSON Lines export format, version 2, as pure code: lines out, checked records in.
 
-The file format, version 1, one JSON object per line, UTF-8::
+The file format, version 2, one JSON object per line, UTF-8::
 
     {"format": "lattice-sessions", "version": 1, "exported_at": "<ISO 8601>"}
     {"type": "session", "session_id": "...", "created_at": "...", "updated_at": "...",
      "item_count": 2, "metadata": {...}}
     {"type": "item", "created_at": "...", "json": "<the item's stored JSON text>"}
     {"type": "item", ...}
+    {"type": "branches", ...}    (advanced sessions only: see lattice.store.branches)
     {"type": "session", ...}
     ...
     {"type": "end", "sessions": 1, "items": 2}
@@ -15,20 +16,24 @@ Items follow their session line, oldest first. An item is kept as its stored
 JSON *text*, inside a JSON string, so that an import stores the very same
 text (key order, ``1.0``, escapes) whoever wrote it. The ``end`` line makes a
 truncated file detectable. ``item_count`` on a session line is informative;
-an import counts the items it reads.
+an import counts the items it reads. Version 2 added the ``branches``
+record; files of version 1 (which have none) import as before.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from ..dialects import check_packet
 from ..items import check_session_id, check_stored_text
 from ..schema import utc_now
+from .branches import RECORD_TYPE, Branches, check_record
 from .model import SessionInfo, decode_metadata, encode_metadata
 
 __all__ = [
@@ -37,20 +42,29 @@ __all__ = [
     "FormatError",
     "Item",
     "Parser",
+    "Record",
+    "branches_line",
     "check_file",
     "end_line",
+    "finish_file",
     "header_line",
     "item_line",
+    "open_file",
     "read_lines",
     "session_line",
+    "write_lines",
 ]
 
 FORMAT_NAME = "lattice-sessions"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The versions an import reads.
+READABLE_VERSIONS = (1, 2)
 _READ_LINES = 256
 
 #: An item as the format carries it: its creation time and stored JSON text.
 Item = tuple[dt.datetime, str]
+#: What reading a database or a file yields: a session, a chunk of its items, its branches.
+Record = SessionInfo | list[Item] | Branches
 
 
 def _stamp(value: dt.datetime) -> str:
@@ -80,8 +94,13 @@ def item_line(item: Item) -> str:
     )
 
 
+def branches_line(branches: Branches) -> str:
+    """An advanced session's branches, segments, structure and usage (after its items)."""
+    return json.dumps(branches.line_record(), ensure_ascii=False) + "\n"
+
+
 class FormatError(ValueError):
-    """A line of an import file is not what format version 1 allows."""
+    """A line of an import file is not what the format allows."""
 
 
 _FRACTION = re.compile(r"\.(\d{1,6})(?=[+-]|$)")
@@ -139,16 +158,17 @@ class Parser:
     items: int = 0
     ended: bool = False
     in_session: bool = False
+    session_items: int = 0
     seen: set[str] = field(default_factory=set)
 
-    def feed(self, line: str) -> SessionInfo | Item | None:
+    def feed(self, line: str) -> SessionInfo | Item | Branches | None:
         self.lineno += 1
         try:
             return self._parse(line)
         except FormatError as exc:
             raise ValueError(f"line {self.lineno}: {exc}") from None
 
-    def _parse(self, line: str) -> SessionInfo | Item | None:
+    def _parse(self, line: str) -> SessionInfo | Item | Branches | None:
         if not line.strip():
             return None
         if self.ended:
@@ -162,6 +182,8 @@ class Parser:
             return self._item(record)
         if kind == "session":
             return self._session(record)
+        if kind == RECORD_TYPE:
+            return self._branches(record)
         if kind == "end":
             if (record.get("sessions"), record.get("items")) != (self.sessions, self.items):
                 raise FormatError(
@@ -177,9 +199,10 @@ class Parser:
         if record.get("format") != FORMAT_NAME:
             raise FormatError(f"not a Lattice export (no {FORMAT_NAME!r} header)")
         version = record.get("version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise FormatError(
-                f"format version {version!r}; this Lattice reads version {FORMAT_VERSION}"
+                f"format version {version!r}; this Lattice reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}"
             )
 
     def _session(self, record: dict[str, Any]) -> SessionInfo:
@@ -197,6 +220,7 @@ class Parser:
             raise FormatError(f"bad metadata of session {session_id!r}: {exc}") from None
         self.sessions += 1
         self.in_session = True
+        self.session_items = 0
         return SessionInfo(
             session_id=session_id,
             created_at=_timestamp(record, "created_at"),
@@ -220,7 +244,17 @@ class Parser:
         except ValueError as exc:
             raise FormatError(str(exc).replace("item 0 ", "the item ")) from None
         self.items += 1
+        self.session_items += 1
         return _timestamp(record, "created_at"), text
+
+    def _branches(self, record: dict[str, Any]) -> Branches:
+        if not self.in_session:
+            raise FormatError("a branches record before any session line")
+        self.in_session = False  # one per session, after its items
+        try:
+            return check_record(record, self.session_items, _timestamp)
+        except ValueError as exc:
+            raise FormatError(str(exc)) from None
 
     def finish(self) -> None:
         if self.lineno == 0:
@@ -253,3 +287,20 @@ def read_lines(handle: IO[str]) -> list[str]:
         if len(lines) >= _READ_LINES:
             break
     return lines
+
+
+def open_file(path: str | Path, mode: str) -> IO[str]:
+    """An export file, opened as UTF-8 with ``\n`` line ends."""
+    return open(path, mode, encoding="utf-8", newline="\n" if "w" in mode else None)
+
+
+def write_lines(handle: IO[str], lines: list[str]) -> None:
+    handle.write("".join(lines))
+
+
+def finish_file(partial: Path, final: Path, ok: bool) -> None:
+    """Move a finished export into place, or remove a failed one."""
+    if ok:
+        os.replace(partial, final)
+    else:
+        partial.unlink(missing_ok=True)

@@ -10,7 +10,6 @@ the target writes them in batches of at most ``_BATCH_ITEMS`` items or
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -23,8 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import engines, writes
 from ..dialects import rules
 from . import jsonl
+from .branches import Branches, read_branches, write_branches
 from .core import StoreCore
-from .jsonl import Item
+from .jsonl import Item, Record
 from .listing import FilterArgs, Filters
 from .model import (
     ExportResult,
@@ -64,7 +64,7 @@ class _Session:
 
 async def _db_records(
     store: StoreCore, filters: Filters
-) -> AsyncIterator[SessionInfo | list[Item]]:
+) -> AsyncIterator[Record]:
     """Yield each matching session's info, then its items in chunks, by session id.
 
     On PostgreSQL and MySQL everything is read in one REPEATABLE READ
@@ -110,6 +110,9 @@ async def _db_records(
                             after = chunk[-1][0]
                         if len(chunk) < _ITEM_CHUNK:
                             break
+                    found = await read_branches(conn, store.tables, info.session_id)
+                    if found is not None:
+                        yield found
                 if len(rows) < _SESSION_CHUNK:
                     return
                 last = rows[-1][0]
@@ -117,13 +120,13 @@ async def _db_records(
 
 async def _file_records(
     handle: IO[str], max_item_bytes: int, max_packet: int | None
-) -> AsyncIterator[SessionInfo | list[Item]]:
+) -> AsyncIterator[Record]:
     parser = jsonl.Parser(max_item_bytes, max_packet)
     while lines := await asyncio.to_thread(jsonl.read_lines, handle):
         items: list[Item] = []
         for line in lines:
             record = parser.feed(line)
-            if isinstance(record, SessionInfo):
+            if isinstance(record, (SessionInfo, Branches)):
                 if items:
                     yield items
                     items = []
@@ -161,12 +164,15 @@ class _Writer:
         self.batch: list[Item] = []
         self.batch_bytes = 0
 
-    async def run(self, records: AsyncIterator[SessionInfo | list[Item]]) -> ImportResult:
+    async def run(self, records: AsyncIterator[Record]) -> ImportResult:
         try:
             async for record in records:
                 if isinstance(record, SessionInfo):
                     await self.end_session()
                     await self.start_session(record)
+                    continue
+                if isinstance(record, Branches):
+                    await self.write_branches(record)
                     continue
                 if self.conn is None:  # a skipped session
                     if self.progress is not None:
@@ -221,6 +227,12 @@ class _Writer:
         setattr(self.result, self._outcome, getattr(self.result, self._outcome) + 1)
         self.result.items += self._items
         self.session_id = None
+
+    async def write_branches(self, record: Branches) -> None:
+        """An advanced session's branches, over the items written (not into an appended one)."""
+        await self.flush()
+        if self.conn is not None and self.session_id and self._outcome != "appended":
+            await write_branches(self.conn, self.store.tables, self.session_id, record)
 
     async def abort(self, exc: BaseException) -> None:
         """Roll back the session being written."""
@@ -343,21 +355,6 @@ def _check_policy(on_conflict: str) -> None:
 # -- the public operations ---------------------------------------------------------
 
 
-def _open(path: str | Path, mode: str) -> IO[str]:
-    return open(path, mode, encoding="utf-8", newline="\n" if "w" in mode else None)
-
-
-def _write(handle: IO[str], lines: list[str]) -> None:
-    handle.write("".join(lines))
-
-
-def _finish_file(partial: Path, final: Path, ok: bool) -> None:
-    if ok:
-        os.replace(partial, final)
-    else:
-        partial.unlink(missing_ok=True)
-
-
 async def export_jsonl(
     store: StoreCore,
     destination: str | Path | IO[str],
@@ -374,7 +371,7 @@ async def export_jsonl(
     if isinstance(destination, (str, Path)):
         final = Path(destination)
         partial = final.with_name(final.name + ".partial")
-        handle = await asyncio.to_thread(_open, partial, "w")
+        handle = await asyncio.to_thread(jsonl.open_file, partial, "w")
         ok = False
         try:
             result = await _export(store, handle, filters, progress)
@@ -385,7 +382,7 @@ async def export_jsonl(
             # cancellation, which would cancel an await here too and leave
             # the .partial file behind. Closing and renaming are quick.
             handle.close()
-            _finish_file(partial, final, ok)
+            jsonl.finish_file(partial, final, ok)
     return await _export(store, destination, filters, progress)
 
 
@@ -400,6 +397,9 @@ async def _export(
             lines.append(jsonl.session_line(record))
             result.sessions += 1
             continue
+        if isinstance(record, Branches):
+            lines.append(jsonl.branches_line(record))
+            continue
         for item in record:
             line = jsonl.item_line(item)
             lines.append(line)
@@ -408,10 +408,10 @@ async def _export(
         if progress is not None:
             progress(len(record))
         if size >= _WRITE_BYTES:
-            await asyncio.to_thread(_write, handle, lines)
+            await asyncio.to_thread(jsonl.write_lines, handle, lines)
             lines, size = [], 0
     lines.append(jsonl.end_line(result.sessions, result.items))
-    await asyncio.to_thread(_write, handle, lines)
+    await asyncio.to_thread(jsonl.write_lines, handle, lines)
     await asyncio.to_thread(handle.flush)
     return result
 
@@ -426,7 +426,7 @@ async def import_jsonl(
     """See :meth:`lattice.SessionStore.import_jsonl`."""
     _check_policy(on_conflict)
     if isinstance(source, (str, Path)):
-        handle = await asyncio.to_thread(_open, source, "r")
+        handle = await asyncio.to_thread(jsonl.open_file, source, "r")
         try:
             return await _import(store, handle, on_conflict, progress)
         finally:
