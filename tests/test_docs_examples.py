@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-FILES = ["README.md", "docs/index.md", "docs/agents.md"]
+FILES = ["README.md", "docs/index.md", "docs/agents.md", "docs/advanced.md"]
 _BLOCK = re.compile(r"(?:<!-- not run: (?P<why>[^>]*) -->\n)?```python\n(?P<code>.*?)\n```", re.S)
 
 
