@@ -55,6 +55,7 @@ __all__ = [
     "MESSAGE_TYPE_LENGTH",
     "RUN_KEY_LENGTH",
     "TOOL_NAME_LENGTH",
+    "USAGE_VALUE_COLUMNS",
     "AdvancedTables",
     "advanced_table_names",
     "advanced_tables",
@@ -69,6 +70,16 @@ BRANCH_CLEARED = "c"
 MESSAGE_TYPE_LENGTH = 64
 TOOL_NAME_LENGTH = 255
 RUN_KEY_LENGTH = 32
+#: The columns of a usage row that a run's usage fills (beside its key and time).
+USAGE_VALUE_COLUMNS = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "input_tokens_details",
+    "output_tokens_details",
+    "run_key",
+)
 
 
 @dataclass(frozen=True)

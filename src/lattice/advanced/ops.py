@@ -21,7 +21,13 @@ from .. import dialects
 from ..drivers import Operations, Runner, Stmt
 from ..items import decode_item
 from ..schema import JOURNAL_CLEAR, JOURNAL_WRITE, utc_now
-from ..schema_advanced import BRANCH_ACTIVE, BRANCH_CLEARED, BRANCH_DELETED, MAIN_BRANCH
+from ..schema_advanced import (
+    BRANCH_ACTIVE,
+    BRANCH_CLEARED,
+    BRANCH_DELETED,
+    MAIN_BRANCH,
+    USAGE_VALUE_COLUMNS,
+)
 from . import classify
 from .tables import Tables, branch_messages
 
@@ -353,15 +359,7 @@ async def _trim(tx: Tx, branch: str, first: int, message_id: int) -> None:
         await tx.execute(update(s).where(key).values(last_id=int(previous)))
 
 
-_USAGE_COLUMNS = (
-    "requests",
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "input_tokens_details",
-    "output_tokens_details",
-    "run_key",
-)
+_USAGE_COLUMNS = USAGE_VALUE_COLUMNS
 
 
 async def _take_usage(tx: Tx, branch: str, turn: int) -> dict[str, Any] | None:

@@ -175,15 +175,18 @@ class SessionStore:
         session_settings: SessionSettings | dict[str, Any] | None = None,
     ) -> SQLAlchemySession:
         """A session on the store's engine and tables (no I/O, no new pool)."""
-        return SQLAlchemySession(
-            session_id,
-            engine=self._core.engine,
-            create_tables=self._core.create_tables,
-            sessions_table=self._core.tables.sessions.name,
-            messages_table=self._core.tables.messages.name,
-            session_settings=session_settings,
-            max_item_bytes=self._core.max_item_bytes,
-        )
+        return SQLAlchemySession(session_id, **self._session_options(session_settings))
+
+    def _session_options(self, session_settings: Any) -> dict[str, Any]:
+        """The constructor arguments of a session on the store's engine and tables."""
+        return {
+            "engine": self._core.engine,
+            "create_tables": self._core.create_tables,
+            "sessions_table": self._core.tables.sessions.name,
+            "messages_table": self._core.tables.messages.name,
+            "session_settings": session_settings,
+            "max_item_bytes": self._core.max_item_bytes,
+        }
 
     def advanced_session(
         self,
@@ -196,14 +199,7 @@ class SessionStore:
         from ..advanced import AdvancedSQLAlchemySession
 
         return AdvancedSQLAlchemySession(
-            session_id,
-            engine=self._core.engine,
-            create_tables=self._core.create_tables,
-            sessions_table=self._core.tables.sessions.name,
-            messages_table=self._core.tables.messages.name,
-            session_settings=session_settings,
-            max_item_bytes=self._core.max_item_bytes,
-            logger=logger,
+            session_id, logger=logger, **self._session_options(session_settings)
         )
 
     async def list_branches(self, session_id: str) -> list[dict[str, Any]]:

@@ -23,24 +23,13 @@ from sqlalchemy import and_, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..schema import LatticeTables
-from ..schema_advanced import BRANCH_ACTIVE, advanced_tables
+from ..schema_advanced import BRANCH_ACTIVE, USAGE_VALUE_COLUMNS, advanced_tables
 
 __all__ = ["Branches", "check_record", "read_branches", "write_branches"]
 
 RECORD_TYPE = "branches"
 _BRANCH_KEYS = ("branch_id", "parent_branch_id", "from_turn", "state", "last_turn", "created_at")
-_USAGE_KEYS = (
-    "branch_id",
-    "turn",
-    "requests",
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "input_tokens_details",
-    "output_tokens_details",
-    "run_key",
-    "created_at",
-)
+_USAGE_KEYS = ("branch_id", "turn", *USAGE_VALUE_COLUMNS, "created_at")
 
 
 @dataclass(frozen=True)
