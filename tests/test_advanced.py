@@ -560,3 +560,66 @@ async def test_a_plain_history_is_adopted_as_main(
     await url_session.add_items([{"role": "user", "content": "m"}])
     assert texts(await url_session.get_items()) == ["m"]
     url_session.close()
+
+
+@pytest.mark.parametrize("call", ["add", "branch", "delete", "usage", "clear"])
+async def test_cancelled_at_any_statement_is_all_or_nothing(
+    engine: AsyncEngine, make: Factory, call: str
+) -> None:
+    """Cancel each advanced write at its n-th statement or COMMIT, n = 0, 1, 2 ...:
+    the write happened whole or not at all, and the object works on."""
+    instrument(engine)
+    for n in range(60):
+        session = make()
+        result = await ask(session, "q1", "a1", 2)
+        await session.create_branch_from_turn(1, "old")
+        await session.switch_to_branch("main")
+        before = texts(await session.get_items())
+        calls = {
+            "add": lambda s=session: s.add_items([{"role": "user", "content": "x"}] * 3),
+            "branch": lambda s=session: s.create_branch_from_turn(1, "new"),
+            "delete": lambda s=session: s.delete_branch("old"),
+            "usage": lambda s=session, r=result: s.store_run_usage(r),
+            "clear": session.clear_session,
+        }
+        task = asyncio.ensure_future(calls[call]())
+        trigger = CancelAt(engine, task, n)
+        try:
+            await task
+            cancelled = False
+        except asyncio.CancelledError:
+            assert trigger.fired
+            cancelled = True
+        await settle()
+        other = make(session.session_id)  # what the database holds
+        items = texts(await other.get_items())
+        branches = [b["branch_id"] for b in await other.list_branches()]
+        usage = await other.get_session_usage()
+        if call == "add":
+            assert items in (before, [*before, "x", "x", "x"])
+        elif call == "branch":
+            assert branches in (["main", "old"], ["main", "old", "new"])
+            if "new" in branches:
+                assert texts(await other.get_items(branch_id="new")) == []
+        elif call == "delete":
+            assert branches in (["main", "old"], ["main"])
+        elif call == "usage":
+            assert usage in (
+                None,
+                {
+                    "requests": 1,
+                    "input_tokens": 20,
+                    "output_tokens": 2,
+                    "total_tokens": 22,
+                    "total_turns": 1,
+                },
+            )
+        else:
+            assert (items, branches) in ((before, ["main", "old"]), ([], ["main"]))
+        if not cancelled:
+            break
+        # The same object works afterwards.
+        await session.add_items([{"role": "user", "content": "after"}])
+        assert texts(await session.get_items(limit=1)) == ["after"]
+    else:
+        pytest.fail("the call still had statements to cancel after 60")
