@@ -297,7 +297,7 @@ def export_command(
     before: str | None = _BEFORE,
     as_json: bool = _JSON,
 ) -> None:
-    """Export sessions as JSON Lines (format version 1; see docs/store.md)."""
+    """Export sessions as JSON Lines (format version 2; see docs/store.md)."""
     filters = _filters(prefix, owner, meta, after, before)
 
     async def work(store: SessionStore) -> Any:
