@@ -29,7 +29,7 @@ from ..schema_advanced import (
     USAGE_VALUE_COLUMNS,
 )
 from . import classify
-from .tables import Tables, branch_messages
+from .tables import Tables, latest_rows
 
 __all__ = ["Appended", "BranchGoneError", "PoppedItem", "Tx"]
 
@@ -306,27 +306,24 @@ async def pop(tx: Tx, branch: str, check: Any = None) -> PoppedItem | None:
 async def take_newest(tx: Tx, branch: str, check: Any = None) -> PoppedItem | None:
     """Remove the newest item of ``branch`` (the session locked and journalled), if any."""
     t = tx.t
-    m, s, st = t.messages, t.segments, t.structure
-    newest = (
-        await tx.execute(
-            branch_messages(
-                t,
-                m.c.id,
-                m.c.message_data,
-                s.c.first_id,
-                st.c.message_type,
-                st.c.turn,
-                st.c.tool_name,
-            )
-            .where(s.c.session_id == tx.sid, s.c.branch_id == branch)
-            .order_by(m.c.id.desc())
-            .limit(1)
-        )
-    ).first()
-    if newest is None:
+    m, st = t.messages, t.structure
+    found = await latest_rows(
+        tx.conn,
+        t,
+        tx.sid,
+        branch,
+        1,
+        m.c.id,
+        m.c.message_data,
+        st.c.message_type,
+        st.c.turn,
+        st.c.tool_name,
+    )
+    if not found:
         return None
-    message_id, text, first = int(newest[0]), str(newest[1]), int(newest[2])
-    kind, turn, tool = str(newest[3] or "other"), int(newest[4] or 0), newest[5]
+    first, newest = found[0]
+    message_id, text = int(newest[0]), str(newest[1])
+    kind, turn, tool = str(newest[2] or "other"), int(newest[3] or 0), newest[4]
     if check is not None:
         check(text)
     await _trim(tx, branch, first, message_id)

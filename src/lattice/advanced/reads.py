@@ -1,7 +1,8 @@
 """The reads of advanced sessions: a branch's items, turns, structure, branches and usage.
 
-Each is one statement on a connection the session's read path hands out
-(:func:`lattice.writes.read`), so it sees one committed state.
+Each runs on one connection the session's read path hands out
+(:func:`lattice.writes.read`): one statement, except the latest items of a
+branch, read segment by segment (:func:`lattice.advanced.tables.latest_rows`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..schema_advanced import BRANCH_ACTIVE, MAIN_BRANCH
-from .tables import Tables, branch_messages
+from .tables import Tables, branch_messages, latest_rows
 
 __all__ = [
     "branch_state",
@@ -56,8 +57,12 @@ async def items(
     stored, ``main`` has no row yet: it is that whole history.
     """
     m = t.messages
-    query = branch_messages(t, m.c.message_data).where(_of(t, sid, branch))
-    found = await _latest(conn, query, m, limit)
+    if limit is None:
+        query = branch_messages(t, m.c.message_data).where(_of(t, sid, branch))
+        found = await _latest(conn, query, m, None)
+    else:
+        rows = await latest_rows(conn, t, sid, branch, limit, m.c.message_data)
+        found = [row[0] for _, row in reversed(rows)]
     if not found and branch == MAIN_BRANCH and await branch_state(conn, t, sid, branch) is None:
         plain = select(m.c.message_data).where(m.c.session_id == sid)
         found = await _latest(conn, plain, m, limit)
