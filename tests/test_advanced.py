@@ -623,3 +623,11 @@ async def test_cancelled_at_any_statement_is_all_or_nothing(
         assert texts(await session.get_items(limit=1)) == ["after"]
     else:
         pytest.fail("the call still had statements to cancel after 60")
+
+
+async def test_benchmark_smoke(tmp_path: Any) -> None:
+    """benchmarks/advanced_bench.py runs end to end at a tiny size (no timing asserted)."""
+    from benchmarks.advanced_bench import run
+
+    found = await run(f"sqlite+aiosqlite:///{tmp_path / 'b.db'}", 3, 4, 2)
+    assert found["items"] == 12 and found["branch rows written"] == 3
