@@ -82,7 +82,7 @@ async def run(url: str, turns: int, per_turn: int, repeat: int) -> dict[str, Any
         for batch in history:
             await advanced.add_items(batch)  # type: ignore[arg-type]
             await plain.add_items(batch)  # type: ignore[arg-type]
-        turn = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+        turn: list[Any] = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
         found: dict[str, Any] = {"database": engine.dialect.name, "items": turns * per_turn}
         for name, session in (("advanced", advanced), ("plain", plain)):
             found[f"get_items(20) {name} ms"] = await _median_ms(
@@ -90,7 +90,7 @@ async def run(url: str, turns: int, per_turn: int, repeat: int) -> dict[str, Any
             )
         for name, session in (("advanced", advanced), ("plain", plain)):
             found[f"add turn {name} ms"] = await _median_ms(
-                lambda s=session: s.add_items(turn), repeat  # type: ignore[arg-type]
+                lambda s=session: s.add_items(turn), repeat
             )
         segments = advanced_tables(tables).segments
         count = select(func.count()).select_from(segments)
