@@ -375,11 +375,19 @@ async def test_hooks_work_on_the_current_branch(make: Factory) -> None:
 # -- concurrency ----------------------------------------------------------------------
 
 
-async def test_usage_is_written_once_per_run_when_retried(make: Factory) -> None:
+async def test_usage_is_written_once_per_run_when_retried(
+    make: Factory, engine: AsyncEngine, tables: LatticeTables
+) -> None:
     session = make()
     result = await ask(session, "hello", "hi", 2)
     await asyncio.gather(*(session.store_run_usage(result) for _ in range(4)))
-    await session.store_run_usage(result)
+    j = tables.journal
+    writes = select(func.count()).select_from(j).where(j.c.session_id == session.session_id)
+    async with engine.connect() as conn:
+        before = (await conn.execute(writes)).scalar()
+    await session.store_run_usage(result)  # the run's key is on the row: nothing to write
+    async with engine.connect() as conn:
+        assert (await conn.execute(writes)).scalar() == before
     assert await session.get_session_usage() == {
         "requests": 1,
         "input_tokens": 20,

@@ -136,6 +136,9 @@ async def store_usage(
 ) -> bool:
     """Record a run's usage on its turn; replaces that turn's row. False when the turn is gone.
 
+    The row carries the run's key: a retry for the same run finds it and
+    writes nothing (the transaction rolls back, the journal unchanged).
+
     ``turn``/``anchor`` (the id of the turn's user message) say which turn
     the run wrote; without them, the branch's newest turn. A turn that was
     popped or deleted since gets nothing, even if a new turn has its number.
@@ -159,12 +162,15 @@ async def store_usage(
         return False
     key = and_(u.c.session_id == tx.sid, u.c.branch_id == branch, u.c.turn == turn)
     # Check, then write: safe here, as every writer of this session holds its row lock.
-    if (await tx.execute(select(u.c.turn).where(key))).first() is None:
+    existing = (await tx.execute(select(u.c.run_key).where(key))).first()
+    if existing is None:
         await tx.execute(
             insert(u).values(
                 session_id=tx.sid, branch_id=branch, turn=turn, created_at=utc_now(), **values
             )
         )
+    elif existing[0] == values["run_key"]:
+        await tx.run.rollback()  # this run's usage is there already: a retry writes nothing
     else:
         await tx.execute(update(u).where(key).values(**values))
     return True
