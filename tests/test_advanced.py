@@ -639,3 +639,30 @@ async def test_benchmark_smoke(tmp_path: Any) -> None:
 
     found = await run(f"sqlite+aiosqlite:///{tmp_path / 'b.db'}", 3, 4, 2)
     assert found["items"] == 12 and found["branch rows written"] == 3
+
+
+def test_every_public_method_of_the_sdks_class_is_here_with_its_parameters() -> None:
+    import inspect
+
+    from agents.extensions.memory import AdvancedSQLiteSession as SDKAdvanced
+
+    def public(cls: type) -> dict[str, inspect.Signature]:
+        return {
+            name: inspect.signature(member)
+            for name, member in inspect.getmembers(cls, inspect.isfunction)
+            if not name.startswith("_")
+        }
+
+    ours = public(AdvancedSQLiteSession)
+    for name, theirs in public(SDKAdvanced).items():
+        assert name in ours, f"{name} is missing"
+        mine = ours[name].parameters
+        for parameter in theirs.parameters.values():
+            if parameter.kind is parameter.VAR_KEYWORD:
+                continue
+            assert parameter.name in mine, f"{name}() lacks {parameter.name}"
+            if parameter.default is not parameter.empty:
+                assert mine[parameter.name].default == parameter.default, (name, parameter.name)
+    init = inspect.signature(AdvancedSQLiteSession.__init__).parameters
+    for keyword in ("session_id", "db_path", "create_tables", "logger", "session_settings"):
+        assert init[keyword].kind is inspect.Parameter.KEYWORD_ONLY
