@@ -119,7 +119,8 @@ def _run(args: list[str], *, timeout: float = COMMAND_TIMEOUT_S) -> str:
     except subprocess.TimeoutExpired as exc:
         raise TimeoutError(f"{args[0]} did not finish within {timeout} s") from exc
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stdout}{done.stderr}")
+        output = done.stdout + done.stderr
+        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {output}")
     return done.stdout
 
 
@@ -252,7 +253,9 @@ class PgCluster:
         }
         self.synchronous = standby and synchronous
         self.primary = PgNode("primary", base_port, self.root, dict(common))
-        self.standby = PgNode("standby", base_port + 1, self.root, dict(common)) if standby else None
+        self.standby = (
+            PgNode("standby", base_port + 1, self.root, dict(common)) if standby else None
+        )
         self.bouncer_port = base_port + 2
         self._bouncer: subprocess.Popen[bytes] | None = None
         self._want_bouncer = pgbouncer
@@ -364,7 +367,7 @@ class PgCluster:
         for path in (users, ini):
             _give_to_server_user(path)
         extra = {} if RUN_AS is None else {"user": RUN_AS.pw_uid, "group": RUN_AS.pw_gid}
-        self._bouncer = subprocess.Popen(  # noqa: S603 - our own ini, in the foreground
+        self._bouncer = subprocess.Popen(  # our own ini, in the foreground
             [binary, str(ini)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -405,7 +408,8 @@ def _main(argv: list[str]) -> int:
             with contextlib.suppress(KeyboardInterrupt):
                 signal.pause()
         else:
-            cluster.primary.sql("CREATE TABLE cluster_check (x int); INSERT INTO cluster_check VALUES (1)")
+            cluster.primary.sql("CREATE TABLE cluster_check (x int)")
+            cluster.primary.sql("INSERT INTO cluster_check VALUES (1)")
             assert cluster.standby is not None
             print("standby sees:", cluster.standby.sql("SELECT count(*) FROM cluster_check"))
     finally:

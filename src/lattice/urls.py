@@ -194,6 +194,10 @@ def connect_options(url: URL, engine_kwargs: dict[str, Any]) -> tuple[URL, dict[
     libpq: dict[str, str] = {}
     connect_args: dict[str, Any] = {}
     for key, value in url.query.items():
+        if key == "host":
+            # ?host=a:5432&host=b:5432 lists the servers to try in turn (a
+            # primary and its standbys): SQLAlchemy hands the list to asyncpg.
+            continue
         if not isinstance(value, str):
             raise UrlError(f"{key} is given more than once in {shown(url)}")
         if key in _UNSUPPORTED_LIBPQ:
