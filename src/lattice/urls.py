@@ -181,7 +181,10 @@ def connect_options(url: URL, engine_kwargs: dict[str, Any]) -> tuple[URL, dict[
     which fills only what the URL does not set), and ``connect_timeout``
     becomes asyncpg's ``timeout``. For aiomysql, which takes only an
     ``ssl.SSLContext``, ``ssl_ca``/``ssl_capath``/``ssl_cert``/``ssl_key``/
-    ``ssl_check_hostname`` become one. Other URLs are returned as given.
+    ``ssl_check_hostname`` become one. asyncpg's ``statement_cache_size=0``
+    and psycopg's ``prepare_threshold=none`` (behind PgBouncer in transaction
+    mode) become driver arguments, the first with SQLAlchemy's own statement
+    cache off and unnamed statements. Other URLs are returned as given.
 
     Raises:
         UrlError: a libpq parameter asyncpg cannot honour, or a bad value.
@@ -189,8 +192,11 @@ def connect_options(url: URL, engine_kwargs: dict[str, Any]) -> tuple[URL, dict[
     kwargs = dict(engine_kwargs)
     if url.get_driver_name() == "aiomysql":
         return _mysql_tls(url, kwargs)
+    if url.get_driver_name() == "psycopg":
+        return _psycopg_prepare(url, kwargs)
     if url.get_driver_name() != "asyncpg":
         return url, kwargs
+    url, kwargs = _asyncpg_statements(url, kwargs)
     libpq: dict[str, str] = {}
     connect_args: dict[str, Any] = {}
     for key, value in url.query.items():
@@ -219,6 +225,67 @@ def connect_options(url: URL, engine_kwargs: dict[str, Any]) -> tuple[URL, dict[
     url = url.difference_update_query(moved)
     kwargs["connect_args"] = {**connect_args, **(kwargs.get("connect_args") or {})}
     return url, kwargs
+
+
+def _unnamed_statement() -> str:
+    """The name SQLAlchemy's asyncpg adapter gives its statements: none (unnamed)."""
+    return ""
+
+
+def _count(value: Any, key: str, url: URL) -> int:
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise UrlError(f"{key}={value}: give a whole number, e.g. {key}=0 ({shown(url)})")
+
+
+def _asyncpg_statements(url: URL, kwargs: dict[str, Any]) -> tuple[URL, dict[str, Any]]:
+    """``statement_cache_size=0`` (for a pooler in transaction mode) made whole.
+
+    asyncpg's own setting turns its statement cache off, so each statement is
+    prepared unnamed, in the same round trips as its execution: a pooler in
+    transaction mode (PgBouncer) cannot hand the next statement to a server
+    connection that lacks it. SQLAlchemy's adapter keeps a statement cache of
+    its own, which must be off too (an unnamed statement is replaced by the
+    next one), and its statements must stay unnamed: both are set here.
+    Given in the URL, the value also becomes the int asyncpg wants.
+    """
+    connect_args = dict(kwargs.get("connect_args") or {})
+    if "statement_cache_size" in url.query:
+        value = url.query["statement_cache_size"]
+        connect_args.setdefault("statement_cache_size", _count(value, "statement_cache_size", url))
+        url = url.difference_update_query(["statement_cache_size"])
+        kwargs["connect_args"] = connect_args
+    if connect_args.get("statement_cache_size") != 0:
+        return url, kwargs
+    cache = url.query.get("prepared_statement_cache_size", "0")
+    cache = connect_args.setdefault("prepared_statement_cache_size", cache)
+    if _count(cache, "prepared_statement_cache_size", url) != 0:
+        raise UrlError(
+            "statement_cache_size=0 needs prepared_statement_cache_size=0 too (its "
+            f"statements are unnamed, and cannot be cached): remove it from {shown(url)}"
+        )
+    connect_args["prepared_statement_cache_size"] = 0
+    url = url.difference_update_query(["prepared_statement_cache_size"])
+    connect_args.setdefault("prepared_statement_name_func", _unnamed_statement)
+    kwargs["connect_args"] = connect_args
+    return url, kwargs
+
+
+def _psycopg_prepare(url: URL, kwargs: dict[str, Any]) -> tuple[URL, dict[str, Any]]:
+    """psycopg's ``prepare_threshold`` from the URL (``none``: never prepare, for a pooler)."""
+    if "prepare_threshold" not in url.query:
+        return url, kwargs
+    value = url.query["prepare_threshold"]
+    threshold: int | None
+    if isinstance(value, str) and value.lower() == "none":
+        threshold = None
+    else:
+        threshold = _count(value, "prepare_threshold", url)
+    connect_args = {"prepare_threshold": threshold, **(kwargs.get("connect_args") or {})}
+    kwargs["connect_args"] = connect_args
+    return url.difference_update_query(["prepare_threshold"]), kwargs
 
 
 def _seconds(value: str, url: URL) -> float:
