@@ -33,21 +33,21 @@ def test_several_hosts_are_left_for_sqlalchemy_to_hand_to_asyncpg() -> None:
     [
         ("postgresql+asyncpg://app@h/db?statement_cache_size=0", {}),
         ("postgresql+asyncpg://app@h/db", {"connect_args": {"statement_cache_size": 0}}),
-        ("postgresql://app@h/db?statement_cache_size=0&prepared_statement_cache_size=0", {}),
+        ("postgresql://app@h/db?statement_cache_size=0", {}),
     ],
-    ids=["url", "connect_args", "both-caches-in-url"],
+    ids=["url", "connect_args", "driverless-url"],
 )
-def test_statement_cache_off_means_unnamed_uncached_statements(
+def test_statement_cache_off_means_unnamed_statements(
     url: str, kwargs: dict[str, object]
 ) -> None:
     parsed, out = _options(url, **kwargs)
     args = out["connect_args"]
     assert isinstance(args, dict)
-    assert args["statement_cache_size"] == 0
-    assert args["prepared_statement_cache_size"] == 0
+    assert args == {"statement_cache_size": 0, "prepared_statement_name_func": args.get(
+        "prepared_statement_name_func"
+    )}
     assert args["prepared_statement_name_func"]() == ""
     assert "statement_cache_size" not in make_url(parsed).query
-    assert "prepared_statement_cache_size" not in make_url(parsed).query
 
 
 def test_a_name_function_of_the_callers_own_is_kept() -> None:
@@ -72,10 +72,6 @@ def test_the_statement_cache_left_on_changes_nothing() -> None:
     [
         ("postgresql+asyncpg://h/db?statement_cache_size=none", "statement_cache_size=none"),
         ("postgresql+asyncpg://h/db?statement_cache_size=-1", "whole number"),
-        (
-            "postgresql+asyncpg://h/db?statement_cache_size=0&prepared_statement_cache_size=50",
-            "needs prepared_statement_cache_size=0",
-        ),
         ("postgresql+psycopg://h/db?prepare_threshold=never", "prepare_threshold=never"),
     ],
 )

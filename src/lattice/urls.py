@@ -183,8 +183,8 @@ def connect_options(url: URL, engine_kwargs: dict[str, Any]) -> tuple[URL, dict[
     ``ssl.SSLContext``, ``ssl_ca``/``ssl_capath``/``ssl_cert``/``ssl_key``/
     ``ssl_check_hostname`` become one. asyncpg's ``statement_cache_size=0``
     and psycopg's ``prepare_threshold=none`` (behind PgBouncer in transaction
-    mode) become driver arguments, the first with SQLAlchemy's own statement
-    cache off and unnamed statements. Other URLs are returned as given.
+    mode) become driver arguments, the first with SQLAlchemy's statements
+    unnamed. Other URLs are returned as given.
 
     Raises:
         UrlError: a libpq parameter asyncpg cannot honour, or a bad value.
@@ -243,13 +243,14 @@ def _count(value: Any, key: str, url: URL) -> int:
 def _asyncpg_statements(url: URL, kwargs: dict[str, Any]) -> tuple[URL, dict[str, Any]]:
     """``statement_cache_size=0`` (for a pooler in transaction mode) made whole.
 
-    asyncpg's own setting turns its statement cache off, so each statement is
-    prepared unnamed, in the same round trips as its execution: a pooler in
-    transaction mode (PgBouncer) cannot hand the next statement to a server
-    connection that lacks it. SQLAlchemy's adapter keeps a statement cache of
-    its own, which must be off too (an unnamed statement is replaced by the
-    next one), and its statements must stay unnamed: both are set here.
-    Given in the URL, the value also becomes the int asyncpg wants.
+    asyncpg's own setting turns its statement cache off: each statement is
+    then unnamed, and parsed again in the same exchange as each execution, so
+    a pooler in transaction mode (PgBouncer) can hand every statement to any
+    server connection. SQLAlchemy's adapter prepares statements itself, by
+    name unless told otherwise: its names are made empty (unnamed) here. Its
+    cache of statements may stay on, as asyncpg parses a cached unnamed
+    statement again each time. Given in the URL, the value also becomes the
+    int asyncpg wants.
     """
     connect_args = dict(kwargs.get("connect_args") or {})
     if "statement_cache_size" in url.query:
@@ -257,19 +258,9 @@ def _asyncpg_statements(url: URL, kwargs: dict[str, Any]) -> tuple[URL, dict[str
         connect_args.setdefault("statement_cache_size", _count(value, "statement_cache_size", url))
         url = url.difference_update_query(["statement_cache_size"])
         kwargs["connect_args"] = connect_args
-    if connect_args.get("statement_cache_size") != 0:
-        return url, kwargs
-    cache = url.query.get("prepared_statement_cache_size", "0")
-    cache = connect_args.setdefault("prepared_statement_cache_size", cache)
-    if _count(cache, "prepared_statement_cache_size", url) != 0:
-        raise UrlError(
-            "statement_cache_size=0 needs prepared_statement_cache_size=0 too (its "
-            f"statements are unnamed, and cannot be cached): remove it from {shown(url)}"
-        )
-    connect_args["prepared_statement_cache_size"] = 0
-    url = url.difference_update_query(["prepared_statement_cache_size"])
-    connect_args.setdefault("prepared_statement_name_func", _unnamed_statement)
-    kwargs["connect_args"] = connect_args
+    if connect_args.get("statement_cache_size") == 0:
+        connect_args.setdefault("prepared_statement_name_func", _unnamed_statement)
+        kwargs["connect_args"] = connect_args
     return url, kwargs
 
 
