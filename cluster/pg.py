@@ -293,6 +293,12 @@ class PgCluster:
             raise
         return self
 
+    def __enter__(self) -> PgCluster:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def _start(self) -> None:
         _run([str(PG_BIN / "initdb"), "-D", str(self.primary.data), "-U", USER,
               "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
@@ -398,8 +404,7 @@ class PgCluster:
 def _main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "check"
     base = int(argv[2]) if len(argv) > 2 else 55490
-    cluster = PgCluster(base).start()
-    try:
+    with PgCluster(base) as cluster:
         print("primary:  ", cluster.primary_url())
         print("standby:  ", cluster.standby_url())
         print("pgbouncer:", cluster.bouncer_url())
@@ -412,8 +417,6 @@ def _main(argv: list[str]) -> int:
             cluster.primary.sql("INSERT INTO cluster_check VALUES (1)")
             assert cluster.standby is not None
             print("standby sees:", cluster.standby.sql("SELECT count(*) FROM cluster_check"))
-    finally:
-        cluster.stop()
     return 0
 
 

@@ -4,7 +4,7 @@ Nothing here uses the shared servers of ``tests/conftest.py``. The
 PostgreSQL cluster (``cluster/pg.py``: a primary, a synchronous hot standby
 and PgBouncer in transaction mode, ports 55400-55402) is started once per
 run, on first use, and stopped by pid at the end (the fixture's ``finally``,
-and ``atexit`` should the run be killed). Tests that kill or promote nodes
+and ``atexit`` should the run end otherwise, e.g. on Ctrl-C). Tests that kill or promote nodes
 get a cluster of their own (:func:`pg_pair`, ports 55410-55411).
 
 Every test in this directory gets the ``cluster`` marker.
@@ -48,24 +48,16 @@ def _require(pgbouncer: bool = True) -> None:
 def pg_cluster() -> Iterator[PgCluster]:
     """Primary + synchronous hot standby + PgBouncer (transaction mode), for the whole run."""
     _require()
-    cluster = PgCluster(PG_PORT)
-    try:
-        cluster.start()
+    with PgCluster(PG_PORT) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
 def pg_pair() -> Iterator[PgCluster]:
     """A primary and its synchronous standby of this test's own (it may kill them)."""
     _require(pgbouncer=False)
-    cluster = PgCluster(PG_PAIR_PORT, pgbouncer=False)
-    try:
-        cluster.start()
+    with PgCluster(PG_PAIR_PORT, pgbouncer=False) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture

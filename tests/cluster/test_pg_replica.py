@@ -10,14 +10,17 @@ they catch up.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 
 import pytest
 from cluster.pg import PgCluster, PgNode
 from sqlalchemy import text
+from typer.testing import CliRunner, Result
 
 from lattice import SessionStore
+from lattice.cli import app
 from lattice.engines import make_engine
 from lattice.schema import LatticeTables
 
@@ -150,3 +153,29 @@ async def test_a_replica_of_another_kind_is_refused(pg_cluster: PgCluster) -> No
     finally:
         await primary.dispose()
         await sqlite.dispose()
+
+
+async def test_the_command_line_reads_the_catalogue_on_the_replica(pg_cluster: PgCluster) -> None:
+    """``lattice sessions list/show/export --read-url`` (the CLI uses the default tables)."""
+    urls = ["--url", pg_cluster.primary_url(), "--read-url", pg_cluster.standby_url()]
+
+    async def cli(*args: str) -> Result:
+        return await asyncio.to_thread(CliRunner().invoke, app, [*args, *urls])
+
+    async with SessionStore.from_url(pg_cluster.primary_url(), create_tables=True) as store:
+        await store.session("cli-old").add_items([{"n": 1}])
+        await replayed(pg_cluster)
+        async with paused_replay(pg_cluster):
+            await store.session("cli-new").add_items([{"n": 2}])
+            listed = await cli("sessions", "list", "--json", "--prefix", "cli-")
+            assert listed.exit_code == 0, listed.output
+            assert [s["session_id"] for s in json.loads(listed.stdout)["sessions"]] == ["cli-old"]
+            shown = await cli("sessions", "show", "cli-new", "--json")
+            assert shown.exit_code == 1  # not on the replica yet
+            exported = await cli("sessions", "export", "-", "--prefix", "cli-")
+            assert exported.exit_code == 0, exported.output
+            assert '"cli-old"' in exported.stdout and '"cli-new"' not in exported.stdout
+        await replayed(pg_cluster)
+        shown = await cli("sessions", "show", "cli-new", "--json")
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.stdout)["items"] == [{"n": 2}]

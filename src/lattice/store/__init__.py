@@ -39,6 +39,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import engines, urls
+from ..dialects import rules
 from ..items import DEFAULT_MAX_ITEM_BYTES, check_session_id
 from ..schema import (
     DEFAULT_MESSAGES_TABLE,
@@ -115,10 +116,11 @@ class SessionStore:
         engines.check_engine(engine, "SessionStore")
         if read_engine is not None:
             engines.check_engine(read_engine, "SessionStore")
-            if read_engine.dialect.name != engine.dialect.name:
+            kind, read_kind = rules(engine.dialect).name, rules(read_engine.dialect).name
+            if read_kind != kind:
                 raise ValueError(
-                    f"read_engine must be a replica of the same database: a "
-                    f"{engine.dialect.name} engine's replica is not {read_engine.dialect.name}"
+                    "read_engine must be a replica of the same database: "
+                    f"a {kind} engine's replica is not {read_kind}"
                 )
         self._core = StoreCore(
             engine,
