@@ -8,7 +8,10 @@ standby promoted. Then:
 * every ``add_items`` that returned is on the new primary exactly once,
   whole and in order (synchronous replication: an acknowledged commit was
   flushed on the standby before the reply);
-* calls during the switch raise, within a bounded time; a call that raised
+* calls made while no node is writable raise, within a bounded time (a
+  call in flight when the primary died waits for the promotion, up to
+  ``lattice.writes.OUTCOME_WAIT_S``, and is answered from the new primary's
+  write journal); a call that raised
   left its batch at most once (a lost COMMIT reply is answered from the
   write journal on the new primary, or raises ``WriteOutcomeUnknownError``);
 * the same session objects work again afterwards, not re-created.
@@ -22,6 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pytest
 from cluster.pg import PgCluster
 from sqlalchemy import select
 
@@ -86,11 +90,21 @@ async def test_failover_loses_and_duplicates_nothing(
         await asyncio.sleep(BEFORE_S)
         assert all(w.acknowledged for w in writers), "no writes before the crash"
         await asyncio.to_thread(pg_pair.primary.stop, "immediate")
+        # No writable node now: a new call raises (within the connect timeout),
+        # it neither hangs nor reports success.
+        probe = store.session("probe")
+        async with asyncio.timeout(HANG_S):
+            for call in (probe.add_items([{"p": 1}]), probe.get_items()):
+                with pytest.raises(Exception) as caught:
+                    await call
+                print("during the switch:", type(caught.value).__name__, caught.value)
         await asyncio.to_thread(standby.promote)
         switched.set()
         async with asyncio.timeout(120):
             await asyncio.gather(*tasks)
-        # The same store and session objects read back through the URL.
+        # The same store and session objects work again, reading through the URL.
+        await probe.add_items([{"p": 2}])
+        assert await probe.get_items() == [{"p": 2}]
         for w in writers:
             got = await store.session(w.name).get_items()
             assert len(got) % BATCH == 0
