@@ -11,7 +11,9 @@ standby has flushed it. Nothing here touches the shared server on 5432.
 
 Everything is bounded in time (``START_TIMEOUT_S``, ``STOP_TIMEOUT_S``), and
 every process started is stopped by its pid: :meth:`PgCluster.stop`, which
-is also registered with ``atexit`` should the caller forget or die.
+is also registered with ``atexit`` should the caller forget or raise. What a
+run killed outright (SIGKILL) left on the same ports is stopped by the next
+:meth:`PgCluster.start` (through its data directories and pid files).
 
 When this runs as root (CI), the servers run as Debian's ``postgres`` user:
 ``initdb`` and ``pgbouncer`` refuse to run as root. The database superuser
@@ -287,6 +289,7 @@ class PgCluster:
     def start(self) -> PgCluster:
         """Make and start every node; bounded in time; on failure everything is stopped."""
         try:
+            self._reap_stale()
             self._start()
         except BaseException:
             self.stop()
@@ -298,6 +301,25 @@ class PgCluster:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    def _reap_stale(self) -> None:
+        """Stop what a run killed before it could clean up left on these ports (by its pids)."""
+        for old in self.root.parent.glob(f"lattice-pg-{self.base_port}-*"):
+            if old == self.root:
+                continue
+            for name in ("primary", "standby"):
+                if (old / name / "postmaster.pid").is_file():
+                    # pg_ctl checks that the pid is that data directory's postmaster.
+                    with contextlib.suppress(RuntimeError, TimeoutError):
+                        _run([str(PG_BIN / "pg_ctl"), "stop", "-w", "-t", str(STOP_TIMEOUT_S),
+                              "-D", str(old / name), "-m", "immediate"])
+            bouncer = old / "pgbouncer.pid"
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(bouncer.read_text().split()[0])
+                # Only if that pid is still this directory's PgBouncer.
+                if str(old / "pgbouncer.ini") in Path(f"/proc/{pid}/cmdline").read_text():
+                    _kill_pid(pid, timeout=5)
+            shutil.rmtree(old, ignore_errors=True)
 
     def _start(self) -> None:
         _run([str(PG_BIN / "initdb"), "-D", str(self.primary.data), "-U", USER,
@@ -368,6 +390,7 @@ class PgCluster:
             "max_client_conn = 500\n"
             "default_pool_size = 10\n"
             f"logfile = {self.root / 'pgbouncer.log'}\n"
+            f"pidfile = {self.root / 'pgbouncer.pid'}\n"
             f"admin_users = {USER}\n"
         )
         for path in (users, ini):
