@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["LatticeError", "PutBackFailedError", "WriteOutcomeUnknownError"]
+__all__ = ["LatticeError", "LockTimeoutError", "PutBackFailedError", "WriteOutcomeUnknownError"]
 
 
 class LatticeError(Exception):
@@ -40,3 +40,14 @@ class PutBackFailedError(LatticeError):
     def item(self) -> Any:
         """The popped item (the same object as ``result``)."""
         return self.result
+
+
+class LockTimeoutError(LatticeError, TimeoutError):
+    """A write waited longer than the lock timeout for another transaction's lock.
+
+    The write did not happen: the server gave up waiting before anything of it
+    committed, and the transaction was rolled back. The bound is the engine's
+    lock timeout (``lock_timeout`` in ``engine_kwargs`` for engines Lattice
+    makes, :func:`lattice.engines.limit_lock_waits` for your own; see
+    docs/guarantees.md). The database's error is chained.
+    """

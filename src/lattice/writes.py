@@ -6,10 +6,12 @@ One module so there is one answer to each of these questions:
   its own (:func:`shielded`), or the caller could be told "cancelled" while
   the database commits; a result the caller will never see is undone (a
   popped item goes back), then the cancellation goes on.
-* **Conflicts.** A transaction the server rolled back (deadlock, lock wait
-  timeout, serialization failure: :func:`lattice.dialects.is_transient_conflict`)
+* **Conflicts.** A transaction the server rolled back (deadlock,
+  serialization failure: :func:`lattice.dialects.is_transient_conflict`)
   runs again, up to :data:`CONFLICT_RETRIES` times with a short growing
-  pause (:func:`backoff`).
+  pause (:func:`backoff`). A lock wait that outlasted the engine's lock
+  timeout is not run again: it raises
+  :class:`~lattice.errors.LockTimeoutError` (:func:`check_lock_timeout`).
 * **Lost connections.** Lost before COMMIT was sent: nothing committed, so
   it runs again once. Lost after: the database is asked, under the session's
   row lock, whether this attempt's write token committed (:func:`run_write`).
@@ -35,10 +37,10 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .dialects import is_transient_conflict
+from .dialects import is_lock_timeout, is_transient_conflict
 from .drivers import Driver, Operations, Runner
 from .engines import EngineState
-from .errors import PutBackFailedError, WriteOutcomeUnknownError
+from .errors import LockTimeoutError, PutBackFailedError, WriteOutcomeUnknownError
 from .schema import WRITE_TOKEN_LENGTH, LatticeTables
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "JOURNAL_WINDOW_S",
     "Bound",
     "backoff",
+    "check_lock_timeout",
     "finish",
     "new_token",
     "outlast_cancellation",
@@ -61,7 +64,7 @@ _T = TypeVar("_T")
 _UNSET: Any = object()
 _log = logging.getLogger("lattice.writes")
 
-#: How often a transaction the server rolled back (deadlock, lock timeout) is rerun.
+#: How often a transaction the server rolled back (a deadlock) is rerun.
 CONFLICT_RETRIES = 5
 #: How long the write journal keeps a row (by the database server's clock).
 JOURNAL_WINDOW_S = 3600
@@ -168,11 +171,26 @@ async def retry_conflicts(
         try:
             return await attempt()
         except DBAPIError as exc:
+            check_lock_timeout(exc, "the sessions")
             conflict = is_transient_conflict(exc) or (also is not None and also(exc))
             if not conflict or conflicts >= CONFLICT_RETRIES:
                 raise
             conflicts += 1
             await asyncio.sleep(backoff(conflicts))
+
+
+def check_lock_timeout(exc: DBAPIError, what: str) -> None:
+    """Raise :class:`LockTimeoutError` if ``exc`` is the server giving up on a lock wait.
+
+    Not retried: a rerun would wait the whole timeout again. Nothing of the
+    write committed (the statement that waited did nothing, and the
+    transaction is rolled back on the way out).
+    """
+    if is_lock_timeout(exc):
+        raise LockTimeoutError(
+            f"{what} stayed locked by another transaction for longer than the lock timeout; "
+            "nothing was written (lattice.engines.limit_lock_waits sets the bound)"
+        ) from exc
 
 
 async def read(bound: Bound, body: Callable[[Runner], Awaitable[_T]]) -> _T:
@@ -208,7 +226,8 @@ async def run_write(
     by itself, so a connection lost once it was sent is treated as a lost
     COMMIT reply.
 
-    * A deadlock or lock timeout rolled back by the server: run again.
+    * A deadlock rolled back by the server: run again.
+    * A lock wait past the lock timeout: :class:`LockTimeoutError`, nothing written.
     * The connection lost before COMMIT was sent: nothing committed, run again once.
     * The connection lost after COMMIT was sent: ask the database, under the
       session's row lock, whether this attempt's token committed. If so, the
@@ -233,6 +252,7 @@ async def run_write(
             await _maybe_prune(bound)
             return result  # type: ignore[no-any-return]
         except DBAPIError as exc:
+            check_lock_timeout(exc, f"session {session_id!r}")
             if is_transient_conflict(exc) and conflicts < CONFLICT_RETRIES:
                 conflicts += 1
                 await asyncio.sleep(backoff(conflicts))
