@@ -64,6 +64,7 @@ __all__ = [
     "is_transient_conflict",
     "lock_timeout_statement",
     "rules",
+    "schema_problem",
     "statements",
 ]
 
@@ -360,6 +361,34 @@ def is_lock_timeout(exc: DBAPIError) -> bool:
         return True
     args: Any = getattr(orig, "args", ())
     return bool(args) and args[0] == _MYSQL_LOCK_TIMEOUT_CODE
+
+
+# A table or a column the statement names is not there: PostgreSQL
+# undefined_table / undefined_column, MySQL 1146 / 1054; SQLite says it in words.
+_PG_SCHEMA_STATES = {"42P01": "missing", "42703": "outdated"}
+_MYSQL_SCHEMA_CODES = {1146: "missing", 1054: "outdated"}
+_SQLITE_SCHEMA_WORDS = (
+    ("no such table", "missing"),
+    ("no such column", "outdated"),
+    ("has no column named", "outdated"),
+)
+
+
+def schema_problem(exc: DBAPIError) -> str | None:
+    """``"missing"`` (a table is not there), ``"outdated"`` (a column is not), or None."""
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if state in _PG_SCHEMA_STATES:
+        return _PG_SCHEMA_STATES[state]
+    args: Any = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _MYSQL_SCHEMA_CODES:
+        return _MYSQL_SCHEMA_CODES[args[0]]
+    if getattr(orig, "sqlite_errorcode", None) is not None or type(orig).__module__ == "sqlite3":
+        message = str(orig)
+        for words, problem in _SQLITE_SCHEMA_WORDS:
+            if words in message:
+                return problem
+    return None
 
 
 def lock_timeout_statement(dialect: Dialect, seconds: float) -> tuple[str, tuple[Any, ...]]:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["LatticeError", "LockTimeoutError", "PutBackFailedError", "WriteOutcomeUnknownError"]
+__all__ = [
+    "LatticeError",
+    "LockTimeoutError",
+    "PutBackFailedError",
+    "SchemaNotReadyError",
+    "WriteOutcomeUnknownError",
+]
 
 
 class LatticeError(Exception):
@@ -50,4 +56,12 @@ class LockTimeoutError(LatticeError, TimeoutError):
     lock timeout (``lock_timeout`` in ``engine_kwargs`` for engines Lattice
     makes, :func:`lattice.engines.limit_lock_waits` for your own; see
     docs/guarantees.md). The database's error is chained.
+    """
+
+
+class SchemaNotReadyError(LatticeError):
+    """Lattice's tables are missing from the database, or older than this Lattice.
+
+    The message says which, with the database's own words and the command that
+    fixes it (``lattice db upgrade``). The database's error is chained.
     """

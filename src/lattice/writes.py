@@ -37,10 +37,15 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .dialects import is_lock_timeout, is_transient_conflict
+from .dialects import is_lock_timeout, is_transient_conflict, schema_problem
 from .drivers import Driver, Operations, Runner
 from .engines import EngineState
-from .errors import LockTimeoutError, PutBackFailedError, WriteOutcomeUnknownError
+from .errors import (
+    LockTimeoutError,
+    PutBackFailedError,
+    SchemaNotReadyError,
+    WriteOutcomeUnknownError,
+)
 from .schema import WRITE_TOKEN_LENGTH, LatticeTables
 
 __all__ = [
@@ -50,6 +55,7 @@ __all__ = [
     "Bound",
     "backoff",
     "check_lock_timeout",
+    "check_schema",
     "finish",
     "new_token",
     "outlast_cancellation",
@@ -57,6 +63,7 @@ __all__ = [
     "read",
     "retry_conflicts",
     "run_write",
+    "schema_advice",
     "shielded",
 ]
 
@@ -172,6 +179,7 @@ async def retry_conflicts(
             return await attempt()
         except DBAPIError as exc:
             check_lock_timeout(exc, "the sessions")
+            check_schema(exc)
             conflict = is_transient_conflict(exc) or (also is not None and also(exc))
             if not conflict or conflicts >= CONFLICT_RETRIES:
                 raise
@@ -193,6 +201,28 @@ def check_lock_timeout(exc: DBAPIError, what: str) -> None:
         ) from exc
 
 
+def schema_advice(exc: DBAPIError) -> str | None:
+    """What to do when ``exc`` says a table or column is not there (else None)."""
+    problem = schema_problem(exc)
+    if problem is None:
+        return None
+    reason = str(exc.orig or exc).strip().splitlines()[0]
+    if problem == "missing":
+        return (
+            f"{reason}; Lattice's tables are not in this database: create them with "
+            "`lattice db upgrade` (or `await lattice.migrations.upgrade(url)`), "
+            "or pass create_tables=True"
+        )
+    return f"{reason}; the tables are older than this Lattice: run `lattice db upgrade`"
+
+
+def check_schema(exc: DBAPIError) -> None:
+    """Raise :class:`SchemaNotReadyError` if ``exc`` says a table or column is not there."""
+    advice = schema_advice(exc)
+    if advice is not None:
+        raise SchemaNotReadyError(advice) from exc
+
+
 async def read(bound: Bound, body: Callable[[Runner], Awaitable[_T]]) -> _T:
     """Run a read, once more if its pooled connection had died while idle."""
     state = bound.state
@@ -206,6 +236,7 @@ async def read(bound: Bound, body: Callable[[Runner], Awaitable[_T]]) -> _T:
         except DBAPIError as exc:
             # A connection that died while idle in the pool (server restart):
             # the pool is already invalidated, so one more try reconnects.
+            check_schema(exc)
             if attempt == 2 or not exc.connection_invalidated:
                 raise
     raise AssertionError("unreachable")
@@ -253,6 +284,7 @@ async def run_write(
             return result  # type: ignore[no-any-return]
         except DBAPIError as exc:
             check_lock_timeout(exc, f"session {session_id!r}")
+            check_schema(exc)
             if is_transient_conflict(exc) and conflicts < CONFLICT_RETRIES:
                 conflicts += 1
                 await asyncio.sleep(backoff(conflicts))

@@ -43,7 +43,11 @@ async def shielded_rows(conn: AsyncConnection, query: Select[Any]) -> list[Any]:
     """
 
     async def fetch() -> list[Any]:
-        return list((await conn.execute(query)).all())
+        try:
+            return list((await conn.execute(query)).all())
+        except DBAPIError as exc:
+            writes.check_schema(exc)
+            raise
 
     return await writes.shielded(fetch)
 
@@ -90,6 +94,7 @@ class StoreCore:
                     async with state.exclusive(), self.engine.connect() as conn:
                         return list((await conn.execute(statement)).all())
                 except DBAPIError as exc:
+                    writes.check_schema(exc)
                     # A pooled connection that died while idle (a server
                     # restart): the pool is invalidated, one more try reconnects.
                     if attempt == 2 or not exc.connection_invalidated:
