@@ -111,9 +111,10 @@ async def compaction_snapshot(
         return None
     session_id = session.session_id
     bound = await session._bind()
-    async with bound.state.exclusive(), bound.driver.transaction(
-        bound.engine, bound.state, bound.tables
-    ) as run:
+    async with (
+        bound.state.exclusive(),
+        bound.driver.transaction(bound.engine, bound.state, bound.tables) as run,
+    ):
         ring = await run.rows(Stmt.READ_TOKENS, {"sid": session_id})
         rows = await run.rows(Stmt.SELECT_LATEST, {"sid": session_id, "lim": limit + 1})
     seen = str(ring[0][0])[:WRITE_TOKEN_LENGTH] if ring else None
@@ -146,15 +147,13 @@ async def compaction_snapshot(
             await run.count(entry.stmt, entry.params)
             for _ in range(drop):
                 newest = await run.rows(Stmt.SELECT_NEWEST, {"sid": session_id})
-                await run.count(Stmt.DELETE_BY_ID, {"mid": newest[0][0]})
+                await run.count(Stmt.DELETE_BY_ID, {"sid": session_id, "mid": newest[0][0]})
             if new:
                 rows = [{"sid": session_id, "data": text, "now": now} for text in new]
                 await run.many(Stmt.INSERT_MESSAGE, rows)
             return True
 
-        replaced: bool = await writes.shielded(
-            lambda: writes.run_write(bound, session_id, body)
-        )
+        replaced: bool = await writes.shielded(lambda: writes.run_write(bound, session_id, body))
         return replaced
 
     return _CompactionSnapshot(cast("list[InputItem]", items), complete, replace_suffix)
