@@ -111,10 +111,9 @@ async def compaction_snapshot(
         return None
     session_id = session.session_id
     bound = await session._bind()
-    async with (
-        bound.state.exclusive(),
-        bound.driver.transaction(bound.engine, bound.state, bound.tables) as run,
-    ):
+    async with bound.state.exclusive(), bound.driver.transaction(
+        bound.engine, bound.state, bound.tables
+    ) as run:
         ring = await run.rows(Stmt.READ_TOKENS, {"sid": session_id})
         rows = await run.rows(Stmt.SELECT_LATEST, {"sid": session_id, "lim": limit + 1})
     seen = str(ring[0][0])[:WRITE_TOKEN_LENGTH] if ring else None
@@ -153,7 +152,9 @@ async def compaction_snapshot(
                 await run.many(Stmt.INSERT_MESSAGE, rows)
             return True
 
-        replaced: bool = await writes.shielded(lambda: writes.run_write(bound, session_id, body))
+        replaced: bool = await writes.shielded(
+            lambda: writes.run_write(bound, session_id, body)
+        )
         return replaced
 
     return _CompactionSnapshot(cast("list[InputItem]", items), complete, replace_suffix)
