@@ -319,8 +319,11 @@ class _Writer:
             .where(src.c.session_id == info.session_id)
             .order_by(src.c.id)
         )
+        # preserve_rowcount: psycopg reports an INSERT's rowcount as -1 otherwise.
         copied = await self.conn.execute(
-            insert(m).from_select(["session_id", "message_data", "created_at"], rows)
+            insert(m)
+            .from_select(["session_id", "message_data", "created_at"], rows)
+            .execution_options(preserve_rowcount=True)
         )
         await self.conn.execute(
             update(s)
