@@ -32,7 +32,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
-from lattice import SessionStore, SQLAlchemySession, migrations, schema
+from lattice import SessionStore, SQLAlchemySession, _migration_env, migrations, schema
 from lattice._partitioning import MAX_PARTITIONS
 from lattice.cli import app
 from lattice.drivers import driver_for
@@ -142,7 +142,17 @@ async def _layout(url: str) -> tuple[str | None, int, list[str]]:
 
 async def test_fresh_database_gets_the_partitioned_layout(partitioned_url: str) -> None:
     assert await _layout(partitioned_url) == ("h", PARTITIONS, ["session_id", "id"])
-    assert await schema_diff(partitioned_url, schema.partitioned_metadata) == []
+    # The metadata the migration environment compares this database with
+    # (autogenerate, adoption) is the partitioned one, and it matches.
+    engine = make_engine(partitioned_url)
+    try:
+        async with engine.connect() as conn:
+            chosen = await conn.run_sync(_migration_env.target_metadata)
+    finally:
+        await engine.dispose()
+    assert chosen is schema.partitioned_metadata
+    assert await schema_diff(partitioned_url, chosen) == []
+    assert await schema_diff(partitioned_url) != []  # the plain layout's index is not there
     head = next(r.revision for r in await migrations.history() if r.is_head)
     assert await migrations.current(partitioned_url) == head
     assert await migrations.check(partitioned_url) == head
@@ -239,6 +249,27 @@ async def test_an_empty_table_is_partitioned_and_its_ids_keep_growing(pg_fresh_u
         await engine.dispose()
     with pytest.raises(migrations.MigrationError, match="already partitioned into 3 partitions"):
         await migrations.upgrade(pg_fresh_url, partitions=5)
+
+
+async def test_a_table_partitioned_otherwise_is_refused_and_still_upgrades(
+    pg_fresh_url: str,
+) -> None:
+    await migrations.upgrade(pg_fresh_url)
+    engine = make_engine(pg_fresh_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(f"ALTER TABLE {MESSAGES} RENAME TO by_hand"))
+            await conn.execute(
+                text(
+                    f"CREATE TABLE {MESSAGES} (LIKE by_hand INCLUDING DEFAULTS "
+                    "INCLUDING INDEXES) PARTITION BY RANGE (id)"
+                )
+            )
+    finally:
+        await engine.dispose()
+    with pytest.raises(migrations.MigrationError, match="not by hash"):
+        await migrations.upgrade(pg_fresh_url, partitions=4)
+    await migrations.upgrade(pg_fresh_url)  # the application's own layout is its business
 
 
 async def test_downgrade_to_base_and_up_again(pg_fresh_url: str) -> None:
@@ -484,3 +515,12 @@ async def test_retention_export_import_and_copy(part_engine: AsyncEngine, tmp_pa
         await plain.copy_to(store, on_conflict="skip")
     assert await store.session(old).get_items() == [{"n": n} for n in range(5)]
     assert (await store.get_info(new)).item_count == 3  # type: ignore[union-attr]
+
+
+def test_benchmark_smoke(partitioned_url: str) -> None:
+    """benchmarks/partitions_bench.py runs end to end at a tiny size (no timing asserted)."""
+    from benchmarks.partitions_bench import measure, report
+
+    results = asyncio.run(measure(POSTGRES_URL, (0, 2), sessions=2, items=3, rounds=2, calls=2))
+    assert set(results) == {0, 2}
+    assert "| 2 partitions |" in report(results)

@@ -70,10 +70,10 @@ def partition_name(table: str, remainder: int) -> str:
     return f"{table}_p{remainder}"
 
 
-def partition_count(connection: Connection, table: str = schema.DEFAULT_MESSAGES_TABLE) -> int:
-    """How many hash partitions ``table`` has; 0 when it is not partitioned (or absent)."""
+def _partitioning(connection: Connection, table: str) -> tuple[str, int] | None:
+    """(strategy, number of partitions) of a partitioned ``table``, else ``None``."""
     if connection.dialect.name != "postgresql":
-        return 0
+        return None
     row = connection.execute(
         text(
             "SELECT p.partstrat::text, (SELECT count(*) FROM pg_inherits i "
@@ -82,11 +82,13 @@ def partition_count(connection: Connection, table: str = schema.DEFAULT_MESSAGES
         ),
         {"table": table},
     ).first()
-    if row is None:
-        return 0
-    if row[0] != "h":
-        raise PartitioningError(f"{table} is partitioned, but not by hash as Lattice partitions it")
-    return int(row[1])
+    return None if row is None else (str(row[0]), int(row[1]))
+
+
+def partition_count(connection: Connection, table: str = schema.DEFAULT_MESSAGES_TABLE) -> int:
+    """How many partitions ``table`` has; 0 when it is not partitioned (or absent)."""
+    found = _partitioning(connection, table)
+    return 0 if found is None else found[1]
 
 
 def _exists(connection: Connection, table: str) -> bool:
@@ -109,7 +111,13 @@ def refuse_unless_possible(connection: Connection, partitions: int) -> None:
     table = schema.DEFAULT_MESSAGES_TABLE
     if not _exists(connection, table):
         return
-    have = partition_count(connection, table)
+    found = _partitioning(connection, table)
+    if found is not None and found[0] != "h":
+        raise PartitioningError(
+            f"{table} is partitioned, but not by hash as --partitions makes it: "
+            "run `lattice db upgrade` without --partitions"
+        )
+    have = 0 if found is None else found[1]
     if have == partitions:
         return
     if have:
