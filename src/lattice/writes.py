@@ -6,10 +6,12 @@ One module so there is one answer to each of these questions:
   its own (:func:`shielded`), or the caller could be told "cancelled" while
   the database commits; a result the caller will never see is undone (a
   popped item goes back), then the cancellation goes on.
-* **Conflicts.** A transaction the server rolled back (deadlock, lock wait
-  timeout, serialization failure: :func:`lattice.dialects.is_transient_conflict`)
+* **Conflicts.** A transaction the server rolled back (deadlock,
+  serialization failure: :func:`lattice.dialects.is_transient_conflict`)
   runs again, up to :data:`CONFLICT_RETRIES` times with a short growing
-  pause (:func:`backoff`).
+  pause (:func:`backoff`). A lock wait that outlasted the engine's lock
+  timeout is not run again: it raises
+  :class:`~lattice.errors.LockTimeoutError` (:func:`check_lock_timeout`).
 * **Lost connections.** Lost before COMMIT was sent: nothing committed, so
   it runs again once. Lost after: the database is asked, under the session's
   row lock, whether this attempt's write token committed (:func:`run_write`).
@@ -38,10 +40,15 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .dialects import is_transient_conflict
+from .dialects import is_lock_timeout, is_transient_conflict, schema_problem
 from .drivers import Driver, Operations, Runner
 from .engines import EngineState
-from .errors import PutBackFailedError, WriteOutcomeUnknownError
+from .errors import (
+    LockTimeoutError,
+    PutBackFailedError,
+    SchemaNotReadyError,
+    WriteOutcomeUnknownError,
+)
 from .schema import WRITE_TOKEN_LENGTH, LatticeTables
 
 __all__ = [
@@ -51,6 +58,8 @@ __all__ = [
     "OUTCOME_WAIT_S",
     "Bound",
     "backoff",
+    "check_lock_timeout",
+    "check_schema",
     "finish",
     "new_token",
     "outlast_cancellation",
@@ -58,6 +67,7 @@ __all__ = [
     "read",
     "retry_conflicts",
     "run_write",
+    "schema_advice",
     "shielded",
 ]
 
@@ -65,7 +75,7 @@ _T = TypeVar("_T")
 _UNSET: Any = object()
 _log = logging.getLogger("lattice.writes")
 
-#: How often a transaction the server rolled back (deadlock, lock timeout) is rerun.
+#: How often a transaction the server rolled back (a deadlock) is rerun.
 CONFLICT_RETRIES = 5
 #: How long the write journal keeps a row (by the database server's clock).
 JOURNAL_WINDOW_S = 3600
@@ -175,11 +185,49 @@ async def retry_conflicts(
         try:
             return await attempt()
         except DBAPIError as exc:
+            check_lock_timeout(exc, "the sessions")
+            check_schema(exc)
             conflict = is_transient_conflict(exc) or (also is not None and also(exc))
             if not conflict or conflicts >= CONFLICT_RETRIES:
                 raise
             conflicts += 1
             await asyncio.sleep(backoff(conflicts))
+
+
+def check_lock_timeout(exc: DBAPIError, what: str) -> None:
+    """Raise :class:`LockTimeoutError` if ``exc`` is the server giving up on a lock wait.
+
+    Not retried: a rerun would wait the whole timeout again. Nothing of the
+    write committed (the statement that waited did nothing, and the
+    transaction is rolled back on the way out).
+    """
+    if is_lock_timeout(exc):
+        raise LockTimeoutError(
+            f"{what} stayed locked by another transaction for longer than the lock timeout; "
+            "nothing was written (lattice.engines.limit_lock_waits sets the bound)"
+        ) from exc
+
+
+def schema_advice(exc: DBAPIError) -> str | None:
+    """What to do when ``exc`` says a table or column is not there (else None)."""
+    problem = schema_problem(exc)
+    if problem is None:
+        return None
+    reason = str(exc.orig or exc).strip().splitlines()[0]
+    if problem == "missing":
+        return (
+            f"{reason}; Lattice's tables are not in this database: create them with "
+            "`lattice db upgrade` (or `await lattice.migrations.upgrade(url)`), "
+            "or pass create_tables=True"
+        )
+    return f"{reason}; the tables are older than this Lattice: run `lattice db upgrade`"
+
+
+def check_schema(exc: DBAPIError) -> None:
+    """Raise :class:`SchemaNotReadyError` if ``exc`` says a table or column is not there."""
+    advice = schema_advice(exc)
+    if advice is not None:
+        raise SchemaNotReadyError(advice) from exc
 
 
 async def read(bound: Bound, body: Callable[[Runner], Awaitable[_T]]) -> _T:
@@ -195,6 +243,7 @@ async def read(bound: Bound, body: Callable[[Runner], Awaitable[_T]]) -> _T:
         except DBAPIError as exc:
             # A connection that died while idle in the pool (server restart):
             # the pool is already invalidated, so one more try reconnects.
+            check_schema(exc)
             if attempt == 2 or not exc.connection_invalidated:
                 raise
     raise AssertionError("unreachable")
@@ -215,7 +264,8 @@ async def run_write(
     by itself, so a connection lost once it was sent is treated as a lost
     COMMIT reply.
 
-    * A deadlock or lock timeout rolled back by the server: run again.
+    * A deadlock rolled back by the server: run again.
+    * A lock wait past the lock timeout: :class:`LockTimeoutError`, nothing written.
     * The connection lost before COMMIT was sent: nothing committed, run again once.
     * The connection lost after COMMIT was sent: ask the database, under the
       session's row lock, whether this attempt's token committed. If so, the
@@ -240,6 +290,8 @@ async def run_write(
             await _maybe_prune(bound)
             return result  # type: ignore[no-any-return]
         except DBAPIError as exc:
+            check_lock_timeout(exc, f"session {session_id!r}")
+            check_schema(exc)
             if is_transient_conflict(exc) and conflicts < CONFLICT_RETRIES:
                 conflicts += 1
                 await asyncio.sleep(backoff(conflicts))
