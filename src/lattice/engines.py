@@ -39,6 +39,7 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "check_engine",
     "check_ready",
+    "configure_sqlite",
     "dispose_engines",
     "engine_state",
     "ensure_tables",
@@ -81,20 +82,49 @@ def is_sqlite_memory(url: URL) -> bool:
     )
 
 
-def _configure_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
+def _sqlite_pragmas(*, wal: bool, foreign_keys: bool) -> list[str]:
+    pragmas = [f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"]
+    if foreign_keys:
+        pragmas.append("PRAGMA foreign_keys = ON")
+    if wal:
+        # WAL with synchronous=NORMAL is durable across application crashes;
+        # a power loss may drop the last commits (never corrupts the file).
+        pragmas += ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL"]
+    return pragmas
+
+
+def _configure_sqlite(engine: AsyncEngine, pragmas: list[str]) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA foreign_keys = ON")
-            if wal:
-                cursor.execute("PRAGMA journal_mode = WAL")
-                # WAL with synchronous=NORMAL is durable across application
-                # crashes; a power loss may drop the last commits.
-                cursor.execute("PRAGMA synchronous = NORMAL")
+            for pragma in pragmas:
+                cursor.execute(pragma)
         finally:
             cursor.close()
+
+
+def configure_sqlite(engine: AsyncEngine) -> None:
+    """Give a SQLite file engine the caller made the settings Lattice's own engines get.
+
+    What the Agents SDK's ``SQLAlchemySession`` does to an engine it is given,
+    plus the synchronous level Lattice documents: every connection the engine
+    opens from now on gets ``busy_timeout`` (5 s), ``journal_mode = WAL`` and
+    ``synchronous = NORMAL``. Once per engine (one ``connect`` listener,
+    remembered in its :class:`EngineState`); nothing for other databases or
+    in-memory SQLite, where WAL does not apply. WAL is a property of the
+    file, so it holds for connections already open too; the busy timeout and
+    synchronous level hold for new ones. Foreign keys are left as the
+    caller set them. Sessions and stores call this unless made with
+    ``configure_sqlite=False``.
+    """
+    if engine.dialect.name != "sqlite" or is_sqlite_memory(engine.url):
+        return
+    state = engine_state(engine)
+    if state.sqlite_configured:
+        return
+    state.sqlite_configured = True
+    _configure_sqlite(engine, _sqlite_pragmas(wal=True, foreign_keys=False))
 
 
 def check_engine(engine: Any, owner: str) -> AsyncEngine:
@@ -159,7 +189,8 @@ def make_engine(url: str | URL, **engine_kwargs: Any) -> AsyncEngine:
             f"{hint}"
         ) from exc
     if backend == "sqlite":
-        _configure_sqlite(engine, wal=not memory)
+        _configure_sqlite(engine, _sqlite_pragmas(wal=not memory, foreign_keys=True))
+        engine_state(engine).sqlite_configured = True
     return engine
 
 
@@ -364,6 +395,9 @@ class EngineState:
     created: set[Any] = field(default_factory=set)
     #: The engine passed :func:`check_ready`.
     ready: bool = False
+    #: Lattice's SQLite connection settings are registered on this engine
+    #: (:func:`configure_sqlite`, or an engine :func:`make_engine` made).
+    sqlite_configured: bool = False
     #: Writes committed through Lattice on this engine (when to prune the journal).
     writes: int = 0
     max_packet: int | None = None

@@ -91,6 +91,10 @@ class SessionStore:
         sessions_table: Name of the sessions table.
         messages_table: Name of the messages table.
         max_item_bytes: Largest item the store's sessions (and imports) accept.
+        configure_sqlite: On a SQLite file engine, set WAL mode, a busy timeout
+            and ``synchronous = NORMAL`` on its connections, once per engine
+            (:func:`lattice.engines.configure_sqlite`); ``False`` leaves the
+            engine as it is, for the store and its sessions.
     """
 
     def __init__(
@@ -101,8 +105,15 @@ class SessionStore:
         sessions_table: str = DEFAULT_SESSIONS_TABLE,
         messages_table: str = DEFAULT_MESSAGES_TABLE,
         max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
+        configure_sqlite: bool = True,
     ) -> None:
         engines.check_engine(engine, "SessionStore")
+        if not isinstance(configure_sqlite, bool):
+            raise TypeError(
+                f"configure_sqlite must be a bool, not {type(configure_sqlite).__name__}"
+            )
+        if configure_sqlite:
+            engines.configure_sqlite(engine)
         self._core = StoreCore(
             engine,
             lattice_tables(sessions_table, messages_table),
@@ -181,6 +192,8 @@ class SessionStore:
             messages_table=self._core.tables.messages.name,
             session_settings=session_settings,
             max_item_bytes=self._core.max_item_bytes,
+            # The store configured its engine already, or was told not to.
+            configure_sqlite=False,
         )
 
     # -- the catalogue ---------------------------------------------------------
