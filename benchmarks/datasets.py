@@ -10,9 +10,9 @@ read that scanned the primary key backwards would read them all.
 The rows are made by one ``INSERT ... SELECT`` over a number series
 (``generate_series`` on PostgreSQL, a recursive CTE on SQLite, a cross join
 of digits on MySQL/MariaDB, whose recursive CTEs stop at 1,000 iterations by
-default), so 1.1M rows take seconds rather than minutes. A table ``bench_meta`` records what each set
-was built from (sizes and the tables' DDL); a run whose sizes and schema
-match reuses it, anything else rebuilds it.
+default), so 1.1M rows take seconds rather than minutes. A table
+``bench_meta`` records what each set was built from (sizes and the tables'
+DDL); a run whose sizes and schema match reuses it, anything else rebuilds it.
 """
 
 from __future__ import annotations
