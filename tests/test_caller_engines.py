@@ -30,8 +30,9 @@ async def _settings(engine: AsyncEngine) -> tuple[str, int, int]:
     return str(mode), int(timeout), int(sync)
 
 
-def _connect_listeners(engine: AsyncEngine) -> int:
-    return len(engine.sync_engine.pool.dispatch.connect)
+def _listeners(engine: AsyncEngine) -> int:
+    dispatch = engine.sync_engine.pool.dispatch
+    return len(dispatch.connect) + len(dispatch.checkout)
 
 
 @pytest.fixture
@@ -42,23 +43,36 @@ async def file_engine(tmp_path: Path) -> AsyncEngine:
 
 
 async def test_a_callers_file_engine_gets_wal_and_a_busy_timeout(file_engine: AsyncEngine) -> None:
-    before = _connect_listeners(file_engine)
+    before = _listeners(file_engine)
     session = SQLAlchemySession("s", engine=file_engine, create_tables=True)
     other = SQLAlchemySession("t", engine=file_engine)
     await session.add_items([{"role": "user", "content": "hi"}])
     await other.add_items([{"role": "user", "content": "hello"}])
     assert await _settings(file_engine) == ("wal", SQLITE_BUSY_TIMEOUT_MS, NORMAL)
-    assert _connect_listeners(file_engine) == before + 1  # once per engine
+    assert _listeners(file_engine) == before + 1  # once per engine
     assert await session.get_items() == [{"role": "user", "content": "hi"}]
 
 
+async def test_connections_opened_before_the_session_are_configured_too(
+    file_engine: AsyncEngine,
+) -> None:
+    """An application that used its engine first (its own tables, a migration)."""
+    async with file_engine.connect() as conn:  # now pooled, opened unconfigured
+        await conn.execute(text("CREATE TABLE app (x INTEGER)"))
+        await conn.commit()
+    assert (await _settings(file_engine))[2] != NORMAL
+    session = SQLAlchemySession("s", engine=file_engine, create_tables=True)
+    await session.add_items([{"n": 1}])
+    assert await _settings(file_engine) == ("wal", SQLITE_BUSY_TIMEOUT_MS, NORMAL)
+
+
 async def test_configure_sqlite_false_leaves_the_engine_alone(file_engine: AsyncEngine) -> None:
-    before = _connect_listeners(file_engine)
+    before = _listeners(file_engine)
     session = SQLAlchemySession("s", engine=file_engine, create_tables=True, configure_sqlite=False)
     await session.add_items([{"role": "user", "content": "hi"}])
     mode, _, sync = await _settings(file_engine)  # (Python's sqlite3 waits 5 s by default)
     assert (mode, sync) == ("delete", 2)  # FULL
-    assert _connect_listeners(file_engine) == before
+    assert _listeners(file_engine) == before
 
 
 async def test_a_store_configures_its_engine_or_leaves_it_alone(tmp_path: Path) -> None:
@@ -75,9 +89,9 @@ async def test_a_store_configures_its_engine_or_leaves_it_alone(tmp_path: Path) 
 async def test_in_memory_engines_are_not_touched() -> None:
     engine = create_async_engine("sqlite+aiosqlite://")
     try:
-        before = _connect_listeners(engine)
+        before = _listeners(engine)
         SQLAlchemySession("s", engine=engine, create_tables=True)
-        assert _connect_listeners(engine) == before
+        assert _listeners(engine) == before
     finally:
         await engine.dispose()
 

@@ -104,18 +104,23 @@ def _configure_sqlite(engine: AsyncEngine, pragmas: list[str]) -> None:
             cursor.close()
 
 
+_CONFIGURED = "lattice_sqlite_configured"  # key in a pooled connection's ``info``
+
+
 def configure_sqlite(engine: AsyncEngine) -> None:
     """Give a SQLite file engine the caller made the settings Lattice's own engines get.
 
     What the Agents SDK's ``SQLAlchemySession`` does to an engine it is given,
-    plus the synchronous level Lattice documents: every connection the engine
-    opens from now on gets ``busy_timeout`` (5 s), ``journal_mode = WAL`` and
-    ``synchronous = NORMAL``. Once per engine (one ``connect`` listener,
-    remembered in its :class:`EngineState`); nothing for other databases or
-    in-memory SQLite, where WAL does not apply. WAL is a property of the
-    file, so it holds for connections already open too; the busy timeout and
-    synchronous level hold for new ones. Foreign keys are left as the
-    caller set them. Sessions and stores call this unless made with
+    plus the synchronous level Lattice documents: each of the engine's
+    connections gets ``busy_timeout`` (5 s), ``journal_mode = WAL`` and
+    ``synchronous = NORMAL`` before Lattice or anyone else next checks it out
+    of the pool, connections the engine opened before this call included (an
+    application that created its tables first). Once per engine: one
+    ``checkout`` listener, registered once (remembered in its
+    :class:`EngineState`), that costs a dictionary lookup per checkout once a
+    connection is configured. Nothing for other databases or in-memory
+    SQLite, where WAL does not apply. Foreign keys are left as the caller set
+    them. Sessions and stores call this unless made with
     ``configure_sqlite=False``.
     """
     if engine.dialect.name != "sqlite" or is_sqlite_memory(engine.url):
@@ -124,7 +129,20 @@ def configure_sqlite(engine: AsyncEngine) -> None:
     if state.sqlite_configured:
         return
     state.sqlite_configured = True
-    _configure_sqlite(engine, _sqlite_pragmas(wal=True, foreign_keys=False))
+    pragmas = _sqlite_pragmas(wal=True, foreign_keys=False)
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if _CONFIGURED in record.info:
+            return
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in pragmas:
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+        # ``info`` lives as long as this DBAPI connection: a reconnect is configured again.
+        record.info[_CONFIGURED] = True
 
 
 def check_engine(engine: Any, owner: str) -> AsyncEngine:
