@@ -14,7 +14,6 @@ Who owns what:
 from __future__ import annotations
 
 import asyncio
-import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -34,6 +33,7 @@ from sqlalchemy.pool import StaticPool
 
 from . import _compat, urls
 from .dialects import rules
+from .locks import NO_LOCK, CrossLoopLock, LoopLocks
 
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
@@ -132,7 +132,7 @@ def configure_sqlite(engine: AsyncEngine) -> None:
     pragmas = _sqlite_pragmas(wal=True, foreign_keys=False)
 
     @event.listens_for(engine.sync_engine, "checkout")
-    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         if _CONFIGURED in record.info:
             return
         cursor = dbapi_connection.cursor()
@@ -326,86 +326,6 @@ async def dispose_engines() -> None:
         await engine.dispose()
 
 
-class _LoopLocks:
-    """One ``asyncio.Lock`` per event loop (an asyncio lock belongs to one loop).
-
-    Taken on every write, so the last loop's lock is kept at hand: a lookup
-    in the weak dictionary cost a few microseconds per call.
-    """
-
-    __slots__ = ("_last", "_locks")
-
-    def __init__(self) -> None:
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], asyncio.Lock] | None = None
-
-    def get(self) -> asyncio.Lock:
-        """The running loop's lock."""
-        loop = asyncio.get_running_loop()
-        last = self._last
-        if last is not None and last[0]() is loop:
-            return last[1]
-        lock = self._locks.get(loop)
-        if lock is None:
-            lock = self._locks[loop] = asyncio.Lock()
-        self._last = (weakref.ref(loop), lock)
-        return lock
-
-    def values(self) -> list[asyncio.Lock]:
-        """Every loop's lock."""
-        return list(self._locks.values())
-
-
-class _CrossLoopLock:
-    """A lock that serialises its holders across event loops and threads.
-
-    An in-memory SQLite engine's one connection may be used from several loops
-    (threads). Within a loop callers queue on its asyncio lock; across loops
-    the holder of a loop's turn takes a thread lock, sleeping briefly if taken.
-    """
-
-    __slots__ = ("_loops", "_thread_lock")
-
-    def __init__(self) -> None:
-        self._loops = _LoopLocks()
-        self._thread_lock = threading.Lock()
-
-    async def __aenter__(self) -> None:
-        turn = self._loops.get()
-        await turn.acquire()
-        try:
-            # A thread lock cannot be awaited, and an asyncio.Event belongs to one
-            # loop: a short sleep is the only portable wait (and rarely taken).
-            while not self._thread_lock.acquire(blocking=False):  # noqa: ASYNC110
-                await asyncio.sleep(0.0005)
-        except BaseException:
-            turn.release()
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._thread_lock.release()
-        self._loops.get().release()
-
-    def locked(self) -> bool:
-        """True while some caller holds it."""
-        return self._thread_lock.locked()
-
-
-class _NoLock:
-    """``async with`` that does nothing (an engine that needs no lock)."""
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_LOCK = _NoLock()
-
-
 @dataclass
 class EngineState:
     """What Lattice remembers about one engine: created tables, locks, read mode."""
@@ -429,9 +349,9 @@ class EngineState:
     #: record's ``info`` dict. tests/reliability.py pauses and cancels calls there.
     trace: Callable[[str, str | None, dict[Any, Any]], Awaitable[None]] | None = None
     # One lock per loop: asyncio locks belong to the loop they first wait on.
-    _create_locks: _LoopLocks = field(default_factory=_LoopLocks)
-    _use_lock: _CrossLoopLock | None = None
-    _write_locks: _LoopLocks | None = None
+    _create_locks: LoopLocks = field(default_factory=LoopLocks)
+    _use_lock: CrossLoopLock | None = None
+    _write_locks: LoopLocks | None = None
 
     def create_lock(self) -> asyncio.Lock:
         return self._create_locks.get()
@@ -441,7 +361,7 @@ class EngineState:
         # A plain object, not a generator-based context manager: it is entered
         # on every call, and costs nothing when there is no lock.
         if self._use_lock is None:
-            return _NO_LOCK
+            return NO_LOCK
         return self._use_lock
 
     def writer(self) -> AbstractAsyncContextManager[Any]:
@@ -457,7 +377,7 @@ class EngineState:
         docs/performance.md). Other processes still meet the busy timeout.
         """
         if self._write_locks is None:
-            return _NO_LOCK
+            return NO_LOCK
         return self._write_locks.get()
 
 
@@ -473,9 +393,9 @@ def engine_state(engine: AsyncEngine) -> EngineState:
         if isinstance(sync_engine.pool, StaticPool):
             # One DBAPI connection shared by every checkout: transactions of
             # concurrent calls would interleave on it, so they take turns.
-            state._use_lock = _CrossLoopLock()
+            state._use_lock = CrossLoopLock()
         elif sync_engine.dialect.name == "sqlite":
-            state._write_locks = _LoopLocks()
+            state._write_locks = LoopLocks()
         _STATE[sync_engine] = state
     return state
 
