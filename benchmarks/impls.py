@@ -39,7 +39,9 @@ def _ddl(meta: MetaData, engine: AsyncEngine) -> str:
     parts = []
     for table in meta.sorted_tables:
         parts.append(str(CreateTable(table).compile(dialect=engine.dialect)))
-        parts += [str(CreateIndex(ix).compile(dialect=engine.dialect)) for ix in table.indexes]
+        # By name: ``table.indexes`` is a set, whose order changes from process to process.
+        indexes = sorted(table.indexes, key=lambda ix: str(ix.name))
+        parts += [str(CreateIndex(ix).compile(dialect=engine.dialect)) for ix in indexes]
     return "\n".join(parts)
 
 
