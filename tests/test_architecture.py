@@ -18,9 +18,9 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "lattice"
 # Layer of each module, lowest first (a module path prefix, as dotted names).
 LAYERS: list[tuple[str, ...]] = [
     ("lattice.errors", "lattice.protocol", "lattice.items", "lattice._compat", "lattice.urls",
-     "lattice.sdk_parity"),
+     "lattice.sdk_parity", "lattice.locks"),
     ("lattice.schema", "lattice.dialects"),
-    ("lattice._loop_locks", "lattice.lock_waits"),
+    ("lattice.lock_waits",),
     ("lattice.engines",),
     ("lattice.drivers",),
     ("lattice.writes",),

@@ -35,7 +35,10 @@ from sqlalchemy import (
     Dialect,
     Insert,
     Select,
+    Table,
     Update,
+    and_,
+    any_,
     bindparam,
     delete,
     or_,
@@ -237,14 +240,63 @@ def _upsert_session(tables: LatticeTables, dialect: Dialect) -> Insert:
     )
 
 
+def _of_session(m: Table, dialect: Dialect, columns: list[Any], newest_first: bool) -> Select[Any]:
+    """``columns`` of one session's items in id order, served only by ``(session_id, id)``.
+
+    ``WHERE session_id = :sid ORDER BY id DESC LIMIT n`` can also be planned
+    as a backward scan of the primary key that filters out other sessions'
+    rows: cheap while the session's newest rows are the table's newest, a
+    read of every newer row when they sit behind other traffic (a session
+    resumed after a million rows of others' writes reads the million). A
+    planner picks it from statistics that cannot tell (PostgreSQL's generic
+    plans, SQLite with few distinct sessions), so each dialect gets the form
+    only the composite index can serve, in O(log n + limit)
+    (``tests/test_query_plans.py`` asserts the plans):
+
+    * PostgreSQL treats ``session_id`` as a constant under ``=`` and drops it
+      from the sort key, leaving ``ORDER BY id`` that the primary key serves.
+      ``session_id = ANY(ARRAY[:sid])`` is the same test (same estimates,
+      same partition pruning) without that: the ordering by the full index
+      key ``(session_id, id)`` stays, and only that index provides it.
+    * SQLite does the same with ``=`` (and with a one-value ``IN``);
+      ``session_id >= :sid AND session_id <= :sid`` (exactly ``=`` for text
+      compared byte for byte) keeps the full key, which the rowid order
+      cannot provide.
+    * MySQL and MariaDB: ``FORCE INDEX``. The full key does not work there:
+      MariaDB sorts (``filesort``) every row of the session for
+      ``ORDER BY session_id DESC, id DESC``.
+    """
+    sid = bindparam("sid", type_=m.c.session_id.type)
+    name = rules(dialect).name
+    if name == "postgresql":
+        query = select(*columns).where(m.c.session_id == any_(postgresql.array([sid])))
+    elif name == "sqlite":
+        query = select(*columns).where(and_(m.c.session_id >= sid, m.c.session_id <= sid))
+    else:
+        index = dialect.identifier_preparer.quote(_session_index(m))
+        query = select(*columns).where(m.c.session_id == sid)
+        query = query.with_hint(m, f"FORCE INDEX ({index})", dialect.name)
+        return query.order_by(m.c.id.desc() if newest_first else m.c.id)
+    if newest_first:
+        return query.order_by(m.c.session_id.desc(), m.c.id.desc())
+    return query.order_by(m.c.session_id, m.c.id)
+
+
+def _session_index(m: Table) -> str:
+    """The name of the messages table's ``(session_id, id)`` index."""
+    for index in m.indexes:
+        if [c.name for c in index.columns] == ["session_id", "id"]:
+            assert index.name is not None
+            return str(index.name)
+    raise LookupError(f"{m.name} has no (session_id, id) index")
+
+
 @lru_cache(maxsize=64)
 def _statements(tables: LatticeTables, dialect_name: str, dialect: Dialect) -> Statements:
     s, m, j = tables.sessions, tables.messages, tables.journal
     this_session = s.c.session_id == bindparam("sid")
     its_messages = m.c.session_id == bindparam("sid")
-    newest_id = (
-        select(m.c.id).where(its_messages).order_by(m.c.id.desc()).limit(1).scalar_subquery()
-    )
+    newest_id = _of_session(m, dialect, [m.c.id], newest_first=True).limit(1).scalar_subquery()
     delete_newest_returning: Any = None
     # DELETE ... RETURNING takes the newest row in one statement where the
     # dialect has it (PostgreSQL, SQLite >= 3.35). MySQL 8 has no RETURNING on
@@ -285,15 +337,14 @@ def _statements(tables: LatticeTables, dialect_name: str, dialect: Dialect) -> S
             message_data=bindparam("data"),
             created_at=bindparam("now"),
         ),
-        select_all=select(m.c.message_data).where(its_messages).order_by(m.c.id),
+        select_all=_of_session(m, dialect, [m.c.message_data], newest_first=False),
         select_latest=(
-            select(m.c.message_data)
-            .where(its_messages)
-            .order_by(m.c.id.desc())
-            .limit(bindparam("lim", type_=m.c.id.type))
+            _of_session(m, dialect, [m.c.message_data], newest_first=True).limit(
+                bindparam("lim", type_=m.c.id.type)
+            )
         ),
-        select_newest=(
-            select(m.c.id, m.c.message_data).where(its_messages).order_by(m.c.id.desc()).limit(1)
+        select_newest=_of_session(m, dialect, [m.c.id, m.c.message_data], newest_first=True).limit(
+            1
         ),
         delete_newest_returning=delete_newest_returning,
         # By session too: on a table hash-partitioned by session (where the key

@@ -32,7 +32,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from . import _compat, urls
-from ._loop_locks import NO_LOCK, CrossLoopLock, LoopLocks
 from .dialects import rules
 from .lock_waits import (
     DEFAULT_LOCK_TIMEOUT_S,
@@ -40,12 +39,14 @@ from .lock_waits import (
     limit_lock_waits,
     names_lock_timeout,
 )
+from .locks import NO_LOCK, CrossLoopLock, LoopLocks
 
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT_S",
     "SQLITE_BUSY_TIMEOUT_MS",
     "check_engine",
     "check_ready",
+    "configure_sqlite",
     "dispose_engines",
     "engine_state",
     "ensure_tables",
@@ -89,20 +90,67 @@ def is_sqlite_memory(url: URL) -> bool:
     )
 
 
-def _configure_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
+def _sqlite_pragmas(*, wal: bool, foreign_keys: bool) -> list[str]:
+    pragmas = [f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"]
+    if foreign_keys:
+        pragmas.append("PRAGMA foreign_keys = ON")
+    if wal:
+        # WAL with synchronous=NORMAL is durable across application crashes;
+        # a power loss may drop the last commits (never corrupts the file).
+        pragmas += ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL"]
+    return pragmas
+
+
+def _configure_sqlite(engine: AsyncEngine, pragmas: list[str]) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA foreign_keys = ON")
-            if wal:
-                cursor.execute("PRAGMA journal_mode = WAL")
-                # WAL with synchronous=NORMAL is durable across application
-                # crashes; a power loss may drop the last commits.
-                cursor.execute("PRAGMA synchronous = NORMAL")
+            for pragma in pragmas:
+                cursor.execute(pragma)
         finally:
             cursor.close()
+
+
+_CONFIGURED = "lattice_sqlite_configured"  # key in a pooled connection's ``info``
+
+
+def configure_sqlite(engine: AsyncEngine) -> None:
+    """Give a SQLite file engine the caller made the settings Lattice's own engines get.
+
+    What the Agents SDK's ``SQLAlchemySession`` does to an engine it is given,
+    plus the synchronous level Lattice documents: each of the engine's
+    connections gets ``busy_timeout`` (5 s), ``journal_mode = WAL`` and
+    ``synchronous = NORMAL`` before Lattice or anyone else next checks it out
+    of the pool, connections the engine opened before this call included (an
+    application that created its tables first). Once per engine: one
+    ``checkout`` listener, registered once (remembered in its
+    :class:`EngineState`), that costs a dictionary lookup per checkout once a
+    connection is configured. Nothing for other databases or in-memory
+    SQLite, where WAL does not apply. Foreign keys are left as the caller set
+    them. Sessions and stores call this unless made with
+    ``configure_sqlite=False``.
+    """
+    if engine.dialect.name != "sqlite" or is_sqlite_memory(engine.url):
+        return
+    state = engine_state(engine)
+    if state.sqlite_configured:
+        return
+    state.sqlite_configured = True
+    pragmas = _sqlite_pragmas(wal=True, foreign_keys=False)
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if _CONFIGURED in record.info:
+            return
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in pragmas:
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+        # ``info`` lives as long as this DBAPI connection: a reconnect is configured again.
+        record.info[_CONFIGURED] = True
 
 
 def check_engine(engine: Any, owner: str) -> AsyncEngine:
@@ -175,7 +223,8 @@ def make_engine(url: str | URL, **engine_kwargs: Any) -> AsyncEngine:
             f"{hint}"
         ) from exc
     if backend == "sqlite":
-        _configure_sqlite(engine, wal=not memory)
+        _configure_sqlite(engine, _sqlite_pragmas(wal=not memory, foreign_keys=True))
+        engine_state(engine).sqlite_configured = True
     if lock_timeout is _DEFAULT:
         # SQLite's bound is the busy timeout _configure_sqlite set; a caller
         # who set the server's own option in connect_args keeps it.
@@ -310,6 +359,9 @@ class EngineState:
     created: set[Any] = field(default_factory=set)
     #: The engine passed :func:`check_ready`.
     ready: bool = False
+    #: Lattice's SQLite connection settings are registered on this engine
+    #: (:func:`configure_sqlite`, or an engine :func:`make_engine` made).
+    sqlite_configured: bool = False
     #: Writes committed through Lattice on this engine (when to prune the journal).
     writes: int = 0
     max_packet: int | None = None

@@ -101,6 +101,10 @@ class SessionStore:
         read_engine: An ``AsyncEngine`` on a replica of the same database, for
             listing, counting, ``get_info`` and export; the caller's, never
             disposed. Sessions and writes always use ``engine``.
+        configure_sqlite: On a SQLite file engine, set WAL mode, a busy timeout
+            and ``synchronous = NORMAL`` on its connections, once per engine
+            (:func:`lattice.engines.configure_sqlite`); ``False`` leaves the
+            engine as it is, for the store and its sessions.
     """
 
     def __init__(
@@ -112,6 +116,7 @@ class SessionStore:
         messages_table: str = DEFAULT_MESSAGES_TABLE,
         max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
         read_engine: AsyncEngine | None = None,
+        configure_sqlite: bool = True,
     ) -> None:
         engines.check_engine(engine, "SessionStore")
         if read_engine is not None:
@@ -122,6 +127,12 @@ class SessionStore:
                     "read_engine must be a replica of the same database: "
                     f"a {kind} engine's replica is not {read_kind}"
                 )
+        if not isinstance(configure_sqlite, bool):
+            raise TypeError(
+                f"configure_sqlite must be a bool, not {type(configure_sqlite).__name__}"
+            )
+        if configure_sqlite:
+            engines.configure_sqlite(engine)
         self._core = StoreCore(
             engine,
             lattice_tables(sessions_table, messages_table),
@@ -220,6 +231,8 @@ class SessionStore:
             messages_table=self._core.tables.messages.name,
             session_settings=session_settings,
             max_item_bytes=self._core.max_item_bytes,
+            # The store configured its engine already, or was told not to.
+            configure_sqlite=False,
         )
 
     # -- the catalogue ---------------------------------------------------------

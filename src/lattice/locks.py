@@ -1,4 +1,8 @@
-"""Locks that belong to no single event loop, for the engine state (lattice.engines)."""
+"""The locks engines hand out: one asyncio lock per event loop, and one across loops and threads.
+
+Per-engine state (:class:`lattice.engines.EngineState`) holds them; they know
+nothing of engines.
+"""
 
 from __future__ import annotations
 
