@@ -28,7 +28,7 @@ from lattice.engines import make_engine
 from . import ops
 from .datasets import DataSet, ensure_data_set
 from .explain import explain_plans
-from .impls import IMPLS, Impl, make_impl
+from .impls import IMPLS, POP_ONLY_IMPLS, Impl, make_impl
 from .report import FLAT_HEADER, HEADER, Results, markdown_table, text_table
 from .sizes import SIZES, Sizes
 
@@ -109,11 +109,17 @@ async def _rss(impl: Impl, url: URL, data: DataSet) -> float:
     return float(json.loads(out)["growth_mib"])
 
 
+POP_OPS = ("e", "h")
+
+
 async def run_backend(
     backend: str, url: URL, sizes: Sizes, wanted: tuple[str, ...], results: Results,
     rebuild: bool, info: dict[str, Any],
 ) -> None:  # fmt: skip
-    impls = {name: make_impl(name, url) for name in IMPLS}
+    # The raw pop in BEGIN ... COMMIT only where the raw pop is otherwise one
+    # autocommit statement with a weaker guarantee (PostgreSQL).
+    names = [*IMPLS, *(POP_ONLY_IMPLS if backend == "postgres" else ())]
+    impls = {name: make_impl(name, url) for name in names}
     for impl in impls.values():
         await impl.open()
     try:
@@ -121,23 +127,28 @@ async def run_backend(
         big = DataSet("big", sizes.d_rows, sizes.d_sessions, sizes.d_big)
         small_big = max(sizes.d_small_rows * sizes.d_big // sizes.d_rows, 1)
         small = DataSet("small", sizes.d_small_rows, 10, small_big)
+        resumed = DataSet(
+            "resumed", sizes.r_big + sizes.r_rows, sizes.d_sessions, sizes.r_big, resumed=True
+        )
         g = DataSet("g", sizes.g_items, 1, sizes.g_items, sizes.g_item_bytes)
-        for impl in (impls["lattice"], impls["sdk"]):  # raw shares Lattice's data
-            for data, op in ((big, "d"), (small, "d"), (g, "g")):
+        for impl in (impls["lattice"], impls["sdk"]):  # raw and caller share Lattice's data
+            for data, op in ((big, "d"), (small, "d"), (resumed, "d"), (g, "g")):
                 if op in wanted or (op == "d" and "h" in wanted):
                     await ensure_data_set(impl, data, rebuild=rebuild)
+        for impl in impls.values():
             await impl.create_tables(f"{impl.name}_w", drop=True)
-        await impls["raw"].create_tables("raw_w", drop=True)
         for rep in range(sizes.reps):
-            order = [impls[IMPLS[(rep + i) % len(IMPLS)]] for i in range(len(IMPLS))]
             started = time.perf_counter()
             for key in wanted:
+                here = [n for n in names if n in IMPLS or key in POP_OPS]
+                order = [impls[here[(rep + i) % len(here)]] for i in range(len(here))]
                 for impl in order:
                     work = f"{impl.name}_w"
                     if key in ("d", "h"):
                         run = ops.op_d if key == "d" else ops.op_h
-                        results.add(backend, key, impl.name, await run(impl, big, sizes))
-                        results.add(backend, f"{key}1k", impl.name, await run(impl, small, sizes))
+                        for data, suffix in ((big, ""), (small, "1k"), (resumed, "r")):
+                            value = await run(impl, data, sizes)
+                            results.add(backend, f"{key}{suffix}", impl.name, value)
                     elif key == "g":
                         results.add(backend, key, impl.name, await _rss(impl, url, g))
                     else:
@@ -147,7 +158,7 @@ async def run_backend(
             _log(f"  {backend} rep {rep + 1}/{sizes.reps} done in {elapsed:.1f} s")
         if "d" in wanted or "h" in wanted:
             plans = info.setdefault("explain", {}).setdefault(backend, {})
-            for data in (big, small):
+            for data in (big, small, resumed):
                 plans[data.name] = await explain_plans(impls["lattice"], data)
     finally:
         for impl in impls.values():
@@ -215,6 +226,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-unreachable", action="store_true",
                         help="skip a server that does not answer instead of failing")  # fmt: skip
     parser.add_argument("--markdown", type=Path, help="also write the tables and plans here")
+    parser.add_argument("--resumed-rows", type=int,
+                        help="rows of others' traffic after the resumed session (dr, hr); "
+                        "default per sizes (full: 1,000,000)")  # fmt: skip
     args = parser.parse_args(argv)
     backends = tuple(b for b in args.backends.split(",") if b)
     unknown = set(backends) - set(BACKENDS)
@@ -226,6 +240,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"unknown op(s): {', '.join(sorted(unknown))}")
     if args.reps is not None and args.reps < 1:
         parser.error("--reps must be at least 1")
+    if args.resumed_rows is not None and args.resumed_rows < 1:
+        parser.error("--resumed-rows must be at least 1")
     args.backends, args.ops = backends, wanted
     return args
 
@@ -234,6 +250,8 @@ async def run(args: argparse.Namespace, argv: list[str]) -> Results:
     sizes = SIZES[args.sizes]
     if args.reps is not None:
         sizes = replace(sizes, reps=args.reps)
+    if args.resumed_rows is not None:
+        sizes = replace(sizes, r_rows=args.resumed_rows)
     results = Results()
     info = machine_info()
     for backend in args.backends:

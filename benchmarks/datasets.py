@@ -2,13 +2,17 @@
 
 A data set is ``rows`` items across ``sessions`` sessions, one of which
 (``'big'``) holds ``big`` of them, interleaved with the others the way many
-conversations write to one table. The rows are made by one ``INSERT ...
-SELECT`` over a number series (``generate_series`` on PostgreSQL, a
-recursive CTE on SQLite, a cross join of digits on MySQL/MariaDB, whose
-recursive CTEs stop at 1,000 iterations by default), so 1.1M rows take
-seconds rather than minutes. A table ``bench_meta`` records what each set
-was built from (sizes and the tables' DDL); a run whose sizes and schema
-match reuses it, anything else rebuilds it.
+conversations write to one table. A *resumed* set puts all of ``'big'``'s
+items first, then ``rows - big`` rows of the other sessions' traffic: a
+conversation picked up again after a million rows of others' writes, where a
+read that scanned the primary key backwards would read them all.
+
+The rows are made by one ``INSERT ... SELECT`` over a number series
+(``generate_series`` on PostgreSQL, a recursive CTE on SQLite, a cross join
+of digits on MySQL/MariaDB, whose recursive CTEs stop at 1,000 iterations by
+default), so 1.1M rows take seconds rather than minutes. A table
+``bench_meta`` records what each set was built from (sizes and the tables'
+DDL); a run whose sizes and schema match reuses it, anything else rebuilds it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class DataSet:
     sessions: int
     big: int
     item_bytes: int = 160
+    #: ``'big'``'s items first, then only other sessions' rows.
+    resumed: bool = False
 
     def prefix(self, impl: Impl) -> str:
         return f"{impl.schema}_{self.name}"
@@ -85,8 +91,9 @@ def _insert_sql(dialect: str, sessions: str, messages: str, ds: DataSet, tz: boo
     """The statements that fill ``ds`` (bound parameter ``pad``: the item padding)."""
     every = max(ds.rows // ds.big, 1)
     others = max(ds.sessions - 1, 1)
+    mine = f"n < {ds.big}" if ds.resumed else f"n % {every} = 0"
     sid = (
-        f"CASE WHEN n % {every} = 0 THEN '{BIG_SESSION}' ELSE "
+        f"CASE WHEN {mine} THEN '{BIG_SESSION}' ELSE "
         + _concat(dialect, "'s'", _as_text(dialect, f"n % {others}"))
         + " END"
     )

@@ -13,11 +13,17 @@ from lattice import SQLAlchemySession
 from lattice.engines import make_engine
 from lattice.schema import lattice_tables
 
-from .raw import RawDriver, raw_driver
+from .raw import POOL_SIZE, RawDriver, raw_driver
 
-__all__ = ["IMPLS", "Impl", "SessionLike", "make_impl"]
+__all__ = ["IMPLS", "POP_ONLY_IMPLS", "Impl", "SessionLike", "make_impl"]
 
-IMPLS = ("lattice", "sdk", "raw")
+#: ``caller``: Lattice on an engine the application made itself, as the
+#: Agents SDK's examples do (``create_async_engine(url, pool_size=15,
+#: max_overflow=0)``: the raw driver's pool size). ``rawtx``: the raw driver
+#: with every pop in BEGIN ... COMMIT (PostgreSQL's pop with the guarantee
+#: Lattice's has; measured for pops only).
+IMPLS = ("lattice", "caller", "sdk", "raw")
+POP_ONLY_IMPLS = ("rawtx",)
 
 
 class SessionLike(Protocol):
@@ -33,7 +39,9 @@ def _ddl(meta: MetaData, engine: AsyncEngine) -> str:
     parts = []
     for table in meta.sorted_tables:
         parts.append(str(CreateTable(table).compile(dialect=engine.dialect)))
-        parts += [str(CreateIndex(ix).compile(dialect=engine.dialect)) for ix in table.indexes]
+        # By name: ``table.indexes`` is a set, whose order changes from process to process.
+        indexes = sorted(table.indexes, key=lambda ix: str(ix.name))
+        parts += [str(CreateIndex(ix).compile(dialect=engine.dialect)) for ix in indexes]
     return "\n".join(parts)
 
 
@@ -90,6 +98,16 @@ class LatticeImpl(Impl):
         )
 
 
+class CallerImpl(LatticeImpl):
+    """Lattice on an engine the application makes: ``create_async_engine``, 15 connections."""
+
+    name = "caller"
+
+    def __init__(self, url: URL) -> None:
+        self.url = url
+        self.engine = create_async_engine(url, pool_size=POOL_SIZE, max_overflow=0)
+
+
 class SdkImpl(Impl):
     """The OpenAI Agents SDK's ``SQLAlchemySession`` on its own engine and tables."""
 
@@ -127,10 +145,12 @@ class SdkImpl(Impl):
 
 class RawImpl(Impl):
     name = "raw"
+    pops_in_transaction = False
 
     def __init__(self, url: URL) -> None:
         super().__init__(url)
         self.driver: RawDriver = raw_driver(url)
+        self.driver.pops_in_transaction = self.pops_in_transaction
 
     async def open(self) -> None:
         await self.driver.open()
@@ -146,6 +166,20 @@ class RawImpl(Impl):
         self.driver.pooled = on
 
 
+class RawTxImpl(RawImpl):
+    """The raw driver, each pop in its own explicit transaction."""
+
+    name = "rawtx"
+    pops_in_transaction = True
+
+
 def make_impl(name: str, url: URL) -> Impl:
     """The implementation called ``name`` on the database at ``url``."""
-    return {"lattice": LatticeImpl, "sdk": SdkImpl, "raw": RawImpl}[name](url)
+    kinds: dict[str, type[Impl]] = {
+        "lattice": LatticeImpl,
+        "caller": CallerImpl,
+        "sdk": SdkImpl,
+        "raw": RawImpl,
+        "rawtx": RawTxImpl,
+    }
+    return kinds[name](url)

@@ -41,6 +41,9 @@ class RawDriver:
     """One backend's raw driver: a held connection, and a pool for ``f``."""
 
     pooled = False
+    #: PostgreSQL: each pop as BEGIN; DELETE ... RETURNING; COMMIT (the
+    #: guarantee Lattice's pop has: the item is in hand before COMMIT).
+    pops_in_transaction = False
 
     def __init__(self) -> None:
         self._sql: dict[str, dict[str, str]] = {}
@@ -178,7 +181,11 @@ class _Postgres(_ServerDriver):
 
     async def pop(self, sid: str, prefix: str) -> str | None:
         async with self._use() as conn:
-            text: str | None = await conn.fetchval(self._q(prefix)["pop"], sid)
+            if self.pops_in_transaction:
+                async with conn.transaction():
+                    text: str | None = await conn.fetchval(self._q(prefix)["pop"], sid)
+                return text
+            text = await conn.fetchval(self._q(prefix)["pop"], sid)
             return text
 
 
@@ -301,9 +308,7 @@ class _SQLite(RawDriver):
                 "updated_at = excluded.updated_at, item_count = item_count + "
                 "excluded.item_count"
             ),
-            "insert": (
-                f"INSERT INTO {m} (session_id, message_data, created_at) VALUES (?, ?, ?)"
-            ),
+            "insert": (f"INSERT INTO {m} (session_id, message_data, created_at) VALUES (?, ?, ?)"),
             "all": f"SELECT message_data FROM {m} WHERE session_id = ? ORDER BY id",
             "latest": (
                 f"SELECT message_data FROM {m} WHERE session_id = ? ORDER BY id DESC LIMIT ?"

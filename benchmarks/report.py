@@ -33,50 +33,71 @@ class Results:
         ours, theirs = self.values[backend][op][impl], self.values[backend][op][other]
         return _median_ratio(ours, theirs)
 
-    def flatness(self, backend: str, op: str, impl: str = "lattice") -> float:
+    def flatness(self, backend: str, op: str, impl: str = "lattice", base: str = "") -> float:
         """Big-table time over 1,000-row-table time, within each rep (median)."""
-        big, small = self.values[backend][op][impl], self.values[backend][f"{op}1k"][impl]
+        big = self.values[backend][op][impl]
+        small = self.values[backend][base or f"{op}1k"][impl]
         return _median_ratio(big, small)
 
     def rows(self) -> list[list[str]]:
-        """One row per (backend, op): values, ratios and whether each target is met."""
+        """One row per (backend, op, Lattice's engine): values, ratios, targets met.
+
+        ``lattice`` runs on an engine Lattice made, ``caller`` on one the
+        application made. Pops on PostgreSQL get one more row per engine,
+        against the raw pop in BEGIN ... COMMIT (``rawtx``).
+        """
         out = []
         for backend, ops in self.values.items():
             for key in OPS:
                 if key not in ops or "lattice" not in ops[key]:
                     continue
-                op = OPS[key]
-                row = [backend, f"{key}. {op.title}", op.unit]
-                for impl in ("lattice", "sdk", "raw"):
-                    row.append(_fmt(self.median(backend, key, impl)) if ops[key][impl] else "–")
-                raw = self.ratio(backend, key, "raw") if ops[key]["raw"] else None
-                sdk = self.ratio(backend, key, "sdk") if ops[key]["sdk"] else None
-                better = ">=" if op.higher_is_better else "<="
-                row.append("–" if raw is None else f"{raw:.2f}")
-                row.append(f"{better} {op.target}")
-                row.append("–" if raw is None else _verdict(raw, op.target, op.higher_is_better))
-                row.append("–" if sdk is None else f"{sdk:.2f}")
-                row.append("–" if sdk is None else _verdict(sdk, 1.0, op.higher_is_better))
-                out.append(row)
+                for engine in ("lattice", "caller"):
+                    if not ops[key][engine]:
+                        continue
+                    for raw in ("raw", "rawtx"):
+                        if ops[key][raw]:
+                            out.append(self._row(backend, key, engine, raw))
         return out
+
+    def _row(self, backend: str, key: str, engine: str, raw: str) -> list[str]:
+        op, ops = OPS[key], self.values[backend]
+        title = f"{key}. {op.title}" + (" (raw in BEGIN…COMMIT)" if raw == "rawtx" else "")
+        row = [backend, title, op.unit, ENGINES[engine]]
+        for impl in (engine, "sdk", raw):
+            row.append(_fmt(self.median(backend, key, impl)) if ops[key][impl] else "–")
+        to_raw = self.ratio(backend, key, raw, engine)
+        sdk = self.ratio(backend, key, "sdk", engine) if ops[key]["sdk"] else None
+        better = ">=" if op.higher_is_better else "<="
+        row.append(f"{to_raw:.2f}")
+        row.append(f"{better} {op.target}")
+        row.append(_verdict(to_raw, op.target, op.higher_is_better))
+        row.append("–" if sdk is None else f"{sdk:.2f}")
+        row.append("–" if sdk is None else _verdict(sdk, 1.0, op.higher_is_better))
+        return row
 
     def flat_rows(self) -> list[list[str]]:
         out = []
         for backend, ops in self.values.items():
-            for key in ("d", "h"):
-                if key in ops and f"{key}1k" in ops:
-                    for impl in ("lattice", "sdk", "raw"):
-                        if ops[key][impl] and ops[f"{key}1k"][impl]:
-                            value = self.flatness(backend, key, impl)
-                            row = [backend, key, impl, f"{value:.2f}"]
-                            row.append(_verdict(value, 1.5, False) if impl == "lattice" else "")
+            for key, base in FLAT_PAIRS:
+                if key in ops and base in ops:
+                    for impl in ("lattice", "caller", "sdk", "raw"):
+                        if ops[key][impl] and ops[base][impl]:
+                            value = self.flatness(backend, key, impl, base)
+                            row = [backend, f"{key} / {base}", impl, f"{value:.2f}"]
+                            lattice = impl in ("lattice", "caller")
+                            row.append(_verdict(value, 1.5, False) if lattice else "")
                             out.append(row)
         return out
 
 
-HEADER = ["backend", "operation", "unit", "Lattice", "SDK", "raw", "L/raw", "target", "",
-          "L/SDK", ""]  # fmt: skip
-FLAT_HEADER = ["backend", "op", "impl", "1.1M rows / 1k rows", "≤ 1.5"]
+#: Which engine a Lattice row ran on.
+ENGINES = {"lattice": "Lattice-made", "caller": "caller-made"}
+#: Big or resumed layout over the 1,000-row table: flat cost from 1k to 1M+ rows.
+FLAT_PAIRS = (("d", "d1k"), ("dr", "d1k"), ("h", "h1k"), ("hr", "h1k"))
+
+HEADER = ["backend", "operation", "unit", "engine", "Lattice", "SDK", "raw", "L/raw", "target",
+          "", "L/SDK", ""]  # fmt: skip
+FLAT_HEADER = ["backend", "op", "impl", "big or resumed / 1k rows", "≤ 1.5"]
 
 
 def _median_ratio(ours: list[float], theirs: list[float]) -> float:

@@ -21,6 +21,8 @@ class Sizes:
     d_sessions: int  # ... across this many sessions ...
     d_big: int  # ... one of them holding this many items
     d_small_rows: int  # the same table shape with this many rows (flatness check)
+    r_big: int  # dr/hr: a session of this many items, resumed after ...
+    r_rows: int  # ... this many rows of other sessions' traffic (--resumed-rows)
     d_reads: int  # d: get_items(limit=20) reads per rep (median)
     e_pops: int  # e: sequential pops
     h_pops: int  # h: pops on the big session per rep (median)
@@ -39,21 +41,24 @@ SIZES = {
     # What the issue asks for.
     "full": Sizes(
         reps=3, a_calls=1000, b_calls=100, b_batch=100, c_items=1000, c_reads=20,
-        d_rows=1_100_000, d_sessions=10_000, d_big=100_000, d_small_rows=1000, d_reads=50,
+        d_rows=1_100_000, d_sessions=10_000, d_big=100_000, d_small_rows=1000,
+        r_big=20_000, r_rows=1_000_000, d_reads=50,
         e_pops=500, h_pops=20, f_sessions=50, f_calls=20, f_batch=2,
         g_items=10_000, g_item_bytes=2048,
     ),
     # A few minutes for checking a change; the big table is a tenth of the size.
     "quick": Sizes(
         reps=3, a_calls=200, b_calls=20, b_batch=100, c_items=1000, c_reads=10,
-        d_rows=110_000, d_sessions=1000, d_big=10_000, d_small_rows=1000, d_reads=20,
+        d_rows=110_000, d_sessions=1000, d_big=10_000, d_small_rows=1000,
+        r_big=2000, r_rows=100_000, d_reads=20,
         e_pops=100, h_pops=10, f_sessions=50, f_calls=5, f_batch=2,
         g_items=2000, g_item_bytes=2048,
     ),
     # The smoke run in ``make test``: every code path, seconds in all.
     "tiny": Sizes(
         reps=1, a_calls=3, b_calls=2, b_batch=3, c_items=5, c_reads=2,
-        d_rows=120, d_sessions=6, d_big=50, d_small_rows=30, d_reads=2,
+        d_rows=120, d_sessions=6, d_big=50, d_small_rows=30,
+        r_big=10, r_rows=60, d_reads=2,
         e_pops=3, h_pops=2, f_sessions=3, f_calls=2, f_batch=2,
         g_items=5, g_item_bytes=256,
     ),

@@ -18,21 +18,23 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "lattice"
 # Layer of each module, lowest first (a module path prefix, as dotted names).
 LAYERS: list[tuple[str, ...]] = [
     ("lattice.errors", "lattice.protocol", "lattice.items", "lattice._compat", "lattice.urls",
-     "lattice.sdk_parity"),
+     "lattice.sdk_parity", "lattice.locks"),
     ("lattice.schema", "lattice.schema_advanced", "lattice.dialects"),
+    ("lattice.lock_waits",),
     ("lattice.engines",),
     ("lattice.drivers",),
     ("lattice.writes",),
     ("lattice.sqlalchemy_session", "lattice.sqlite_session", "lattice.openai_conversations",
      "lattice.compaction", "lattice.routing", "lattice.advanced"),
-    ("lattice.store", "lattice.migrations", "lattice._migration_env", "lattice.maintenance"),
+    ("lattice.store", "lattice.migrations", "lattice._migration_env", "lattice._partitioning",
+     "lattice.maintenance"),
     ("lattice.integrations",),
     ("lattice.cli",),
     ("lattice", "lattice.testing"),
 ]
 # Where "is it MySQL / PostgreSQL / asyncpg?" may be asked.
 NAME_TESTS_ALLOWED = ("lattice.schema", "lattice.dialects", "lattice.engines", "lattice.drivers",
-                      "lattice._migration_env", "lattice.urls")
+                      "lattice._migration_env", "lattice._partitioning", "lattice.urls")
 
 
 def _modules() -> dict[str, Path]:

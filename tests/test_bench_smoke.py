@@ -46,15 +46,21 @@ def test_benchmark_smoke(backend: str, ops: str, tmp_path: Path) -> None:
 
     values = results.values[backend]
     expected = set(ops.split(","))
-    expected |= {f"{k}1k" for k in ("d", "h") if k in expected}
+    expected |= {f"{k}{s}" for k in ("d", "h") if k in expected for s in ("1k", "r")}
     assert set(values) == expected
     for key, per_impl in values.items():
-        for impl in ("lattice", "sdk", "raw"):
+        impls = ["lattice", "caller", "sdk", "raw"]
+        if backend == "postgres" and key[0] in ("e", "h"):
+            impls.append("rawtx")  # the raw pop in BEGIN ... COMMIT
+        assert {i for i, v in per_impl.items() if v} == set(impls), key
+        for impl in impls:
             assert len(per_impl[impl]) == 1, (key, impl)
             assert math.isfinite(per_impl[impl][0]) and per_impl[impl][0] >= 0, (key, impl)
     text = report.read_text()
     assert "| backend | operation |" in text
+    assert "caller-made" in text and "Lattice-made" in text
     assert "d: get_items(limit=20)" in text and "h: pop_item" in text
+    assert "resumed data set" in text
     assert not any(tmp_path.glob(f"{name}.sqlite*"))  # --drop removed the SQLite file
 
 

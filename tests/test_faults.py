@@ -18,6 +18,7 @@ How the faults are made (no mocks; see ``reliability.py``):
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,7 +27,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lattice import SQLAlchemySession
+from lattice import SQLAlchemySession, writes
 from lattice.errors import WriteOutcomeUnknownError
 from lattice.schema import LatticeTables
 from tests.conftest import SERVER_URLS
@@ -41,6 +42,9 @@ from tests.reliability import (
     stored,
     stored_count,
 )
+
+#: Simulated server restarts in the recovery test (``make soak`` runs more).
+RESTART_ROUNDS = int(os.environ.get("LATTICE_RESTART_ROUNDS", "3"))
 
 
 @pytest.fixture
@@ -294,9 +298,14 @@ async def test_add_items_whose_commit_reply_is_lost_is_not_duplicated(
 
 @pytest.mark.parametrize("server_down", [False, True], ids=["reachable", "down"])
 async def test_pop_item_whose_commit_reply_is_lost_hands_over_the_item(
-    proxied: tuple[Proxy, AsyncEngine, LatticeTables], admin: AsyncEngine, server_down: bool
+    proxied: tuple[Proxy, AsyncEngine, LatticeTables],
+    admin: AsyncEngine,
+    server_down: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Reachable: the token check says it committed. Down: the error carries the item."""
+    # A server that stays down is asked for OUTCOME_WAIT_S (10 s) before the error.
+    monkeypatch.setattr(writes, "OUTCOME_WAIT_S", 0.5)
     proxy, eng, tables = proxied
     session = session_on(eng, tables, _sid())
     items = _batch("pop", 3)
@@ -334,7 +343,7 @@ async def test_sessions_recover_after_every_connection_is_killed(
         assert await session.get_items(limit=2) == items[-2:]
         assert await session.pop_item() == items.pop()
 
-    for round_ in range(3):
+    for round_ in range(RESTART_ROUNDS):
         await asyncio.gather(*(round_trip(i, round_) for i in range(len(sessions))))
         idle = server_ids(victim)
         assert len(idle) >= 2, "the pool should hold several idle connections"

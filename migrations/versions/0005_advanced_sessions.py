@@ -26,7 +26,6 @@ depends_on = None
 
 # Frozen as this revision creates them.
 SESSIONS = "agent_sessions"
-MESSAGES = "agent_messages"
 BRANCHES = "agent_sessions_branches"
 SEGMENTS = "agent_messages_segments"
 STRUCTURE = "agent_messages_structure"
@@ -83,10 +82,12 @@ def upgrade() -> None:
         sa.Column("message_type", sa.String(MESSAGE_TYPE_LENGTH), nullable=False),
         sa.Column("turn", sa.Integer(), nullable=False),
         sa.Column("tool_name", sa.String(TOOL_NAME_LENGTH), nullable=True),
+        # No foreign key to agent_messages: it may be hash-partitioned on
+        # PostgreSQL (key (session_id, id)); see lattice.schema_advanced.
         sa.ForeignKeyConstraint(
-            ["message_id"],
-            [f"{MESSAGES}.id"],
-            name=f"fk_{STRUCTURE}_message_id",
+            ["session_id"],
+            [f"{SESSIONS}.session_id"],
+            name=f"fk_{STRUCTURE}_session_id",
             ondelete="CASCADE",
         ),
         **options,
@@ -116,9 +117,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table(USAGE)
-    op.drop_index(f"ix_{STRUCTURE}_turn", table_name=STRUCTURE)
-    op.drop_table(STRUCTURE)
-    op.drop_index(f"ix_{SEGMENTS}_range", table_name=SEGMENTS)
-    op.drop_table(SEGMENTS)
-    op.drop_table(BRANCHES)
+    # The tables take their indexes with them (on MySQL an index a foreign key
+    # uses cannot be dropped first).
+    for table in (USAGE, STRUCTURE, SEGMENTS, BRANCHES):
+        op.drop_table(table)

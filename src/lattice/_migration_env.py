@@ -18,6 +18,9 @@ Alembic history lives here:
   keys on, dropping the old sessions table would cascade into the messages,
   so the pragma is switched off for the run and restored afterwards.
 * Each revision commits on its own (``transaction_per_migration``).
+* ``--partitions N`` (PostgreSQL): checked before any revision runs, applied
+  once the database is at the head (:mod:`lattice._partitioning`). A
+  partitioned database is compared with :data:`lattice.schema.partitioned_metadata`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
-from . import schema
+from . import _partitioning, schema
 from .engines import make_engine, normalize_url
 from .errors import LatticeError
 from .schema_advanced import advanced_table_names
@@ -79,6 +82,7 @@ LOCK_TIMEOUT_S = 600
 ATTR_CONNECTION = "connection"
 ATTR_ADOPT = "lattice_adopt"
 ATTR_PROGRESS = "lattice_progress"
+ATTR_PARTITIONS = "lattice_partitions"
 
 
 class MigrationError(LatticeError):
@@ -111,9 +115,18 @@ def _progress(context: EnvironmentContext) -> Callable[[str], None] | None:
     return progress
 
 
-def _options(context: EnvironmentContext, dialect_name: str) -> dict[str, Any]:
+def target_metadata(connection: Connection | None) -> Any:
+    """The ``MetaData`` the database should match: partitioned or not."""
+    if connection is not None and _partitioning.partition_count(connection):
+        return schema.partitioned_metadata
+    return schema.metadata
+
+
+def _options(
+    context: EnvironmentContext, dialect_name: str, connection: Connection | None = None
+) -> dict[str, Any]:
     options: dict[str, Any] = {
-        "target_metadata": schema.metadata,
+        "target_metadata": target_metadata(connection),
         "version_table": VERSION_TABLE,
         "include_name": include_name,
         "transaction_per_migration": True,
@@ -175,14 +188,35 @@ def run_on_connection(context: EnvironmentContext, connection: Connection) -> No
     # A connection already in a transaction belongs to a caller who will
     # commit it: everything then runs inside that transaction.
     external = connection.in_transaction()
-    with _exclusive(connection, external=external):
-        context.configure(connection=connection, **_options(context, connection.dialect.name))
+    partitions: int | None = context.config.attributes.get(ATTR_PARTITIONS)
+    with _exclusive(connection, external=external), _partitioning_errors():
+        if partitions is not None:
+            # Before anything changes: nothing half-done when it is refused.
+            _partitioning.refuse_unless_possible(connection, partitions)
+        options = _options(context, connection.dialect.name, connection)
+        if not external and connection.in_transaction():
+            # The probes' transaction: Alembic must find none, or it would
+            # take the revisions for the caller's to commit.
+            connection.commit()
+        context.configure(connection=connection, **options)
         if context.config.attributes.get(ATTR_ADOPT):
             _adopt_existing_tables(context, connection)
             if not external:
                 connection.commit()
         with context.begin_transaction():
             context.run_migrations()
+        if partitions is not None:
+            _partitioning.partition_messages(connection, partitions, _progress(context))
+            if not external:
+                connection.commit()
+
+
+@contextmanager
+def _partitioning_errors() -> Iterator[None]:
+    try:
+        yield
+    except _partitioning.PartitioningError as exc:
+        raise MigrationError(str(exc)) from exc
 
 
 @contextmanager
@@ -194,6 +228,14 @@ def _exclusive(connection: Connection, *, external: bool) -> Iterator[None]:
         # Inside a caller's transaction a transaction-level lock ends with it;
         # otherwise revisions commit one by one, so the lock is the session's.
         lock = "pg_advisory_xact_lock" if external else "pg_advisory_lock"
+        if not external:
+            # Wait for another migrator as long as on MySQL, whatever the
+            # engine's lock_timeout (lattice.engines.limit_lock_waits); the
+            # setting ends with this transaction, so the revisions' DDL keeps
+            # the engine's bound.
+            connection.execute(
+                text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{LOCK_TIMEOUT_S}s"}
+            )
         connection.execute(text(f"SELECT {lock}(:key)"), {"key": _PG_LOCK_KEY})
     elif dialect in ("mysql", "mariadb"):
         got = connection.execute(
@@ -271,7 +313,7 @@ def _adopt_existing_tables(context: EnvironmentContext, connection: Connection) 
     if "item_count" not in columns:
         revision = script.get_base() or "base"
         what = "the OpenAI Agents SDK's tables"
-    elif not (diff := compare_metadata(migration, schema.metadata)):
+    elif not (diff := compare_metadata(migration, target_metadata(connection))):
         revision = "heads"
         what = "tables made by create_tables=True"
     elif _only_missing(diff, _ADVANCED_TABLES):

@@ -35,7 +35,10 @@ from sqlalchemy import (
     Dialect,
     Insert,
     Select,
+    Table,
     Update,
+    and_,
+    any_,
     bindparam,
     delete,
     or_,
@@ -60,8 +63,11 @@ __all__ = [
     "Rules",
     "Statements",
     "check_packet",
+    "is_lock_timeout",
     "is_transient_conflict",
+    "lock_timeout_statement",
     "rules",
+    "schema_problem",
     "statements",
 ]
 
@@ -234,14 +240,63 @@ def _upsert_session(tables: LatticeTables, dialect: Dialect) -> Insert:
     )
 
 
+def _of_session(m: Table, dialect: Dialect, columns: list[Any], newest_first: bool) -> Select[Any]:
+    """``columns`` of one session's items in id order, served only by ``(session_id, id)``.
+
+    ``WHERE session_id = :sid ORDER BY id DESC LIMIT n`` can also be planned
+    as a backward scan of the primary key that filters out other sessions'
+    rows: cheap while the session's newest rows are the table's newest, a
+    read of every newer row when they sit behind other traffic (a session
+    resumed after a million rows of others' writes reads the million). A
+    planner picks it from statistics that cannot tell (PostgreSQL's generic
+    plans, SQLite with few distinct sessions), so each dialect gets the form
+    only the composite index can serve, in O(log n + limit)
+    (``tests/test_query_plans.py`` asserts the plans):
+
+    * PostgreSQL treats ``session_id`` as a constant under ``=`` and drops it
+      from the sort key, leaving ``ORDER BY id`` that the primary key serves.
+      ``session_id = ANY(ARRAY[:sid])`` is the same test (same estimates,
+      same partition pruning) without that: the ordering by the full index
+      key ``(session_id, id)`` stays, and only that index provides it.
+    * SQLite does the same with ``=`` (and with a one-value ``IN``);
+      ``session_id >= :sid AND session_id <= :sid`` (exactly ``=`` for text
+      compared byte for byte) keeps the full key, which the rowid order
+      cannot provide.
+    * MySQL and MariaDB: ``FORCE INDEX``. The full key does not work there:
+      MariaDB sorts (``filesort``) every row of the session for
+      ``ORDER BY session_id DESC, id DESC``.
+    """
+    sid = bindparam("sid", type_=m.c.session_id.type)
+    name = rules(dialect).name
+    if name == "postgresql":
+        query = select(*columns).where(m.c.session_id == any_(postgresql.array([sid])))
+    elif name == "sqlite":
+        query = select(*columns).where(and_(m.c.session_id >= sid, m.c.session_id <= sid))
+    else:
+        index = dialect.identifier_preparer.quote(_session_index(m))
+        query = select(*columns).where(m.c.session_id == sid)
+        query = query.with_hint(m, f"FORCE INDEX ({index})", dialect.name)
+        return query.order_by(m.c.id.desc() if newest_first else m.c.id)
+    if newest_first:
+        return query.order_by(m.c.session_id.desc(), m.c.id.desc())
+    return query.order_by(m.c.session_id, m.c.id)
+
+
+def _session_index(m: Table) -> str:
+    """The name of the messages table's ``(session_id, id)`` index."""
+    for index in m.indexes:
+        if [c.name for c in index.columns] == ["session_id", "id"]:
+            assert index.name is not None
+            return str(index.name)
+    raise LookupError(f"{m.name} has no (session_id, id) index")
+
+
 @lru_cache(maxsize=64)
 def _statements(tables: LatticeTables, dialect_name: str, dialect: Dialect) -> Statements:
     s, m, j = tables.sessions, tables.messages, tables.journal
     this_session = s.c.session_id == bindparam("sid")
     its_messages = m.c.session_id == bindparam("sid")
-    newest_id = (
-        select(m.c.id).where(its_messages).order_by(m.c.id.desc()).limit(1).scalar_subquery()
-    )
+    newest_id = _of_session(m, dialect, [m.c.id], newest_first=True).limit(1).scalar_subquery()
     delete_newest_returning: Any = None
     # DELETE ... RETURNING takes the newest row in one statement where the
     # dialect has it (PostgreSQL, SQLite >= 3.35). MySQL 8 has no RETURNING on
@@ -250,7 +305,7 @@ def _statements(tables: LatticeTables, dialect_name: str, dialect: Dialect) -> S
     # the session row lock taken first keeps that pair atomic for other writers.
     if rules(dialect).delete_returning:
         delete_newest_returning = (
-            delete(m).where(m.c.id == newest_id).returning(m.c.id, m.c.message_data)
+            delete(m).where(its_messages, m.c.id == newest_id).returning(m.c.id, m.c.message_data)
         )
     return Statements(
         upsert_session=_upsert_session(tables, dialect),
@@ -282,18 +337,19 @@ def _statements(tables: LatticeTables, dialect_name: str, dialect: Dialect) -> S
             message_data=bindparam("data"),
             created_at=bindparam("now"),
         ),
-        select_all=select(m.c.message_data).where(its_messages).order_by(m.c.id),
+        select_all=_of_session(m, dialect, [m.c.message_data], newest_first=False),
         select_latest=(
-            select(m.c.message_data)
-            .where(its_messages)
-            .order_by(m.c.id.desc())
-            .limit(bindparam("lim", type_=m.c.id.type))
+            _of_session(m, dialect, [m.c.message_data], newest_first=True).limit(
+                bindparam("lim", type_=m.c.id.type)
+            )
         ),
-        select_newest=(
-            select(m.c.id, m.c.message_data).where(its_messages).order_by(m.c.id.desc()).limit(1)
+        select_newest=_of_session(m, dialect, [m.c.id, m.c.message_data], newest_first=True).limit(
+            1
         ),
         delete_newest_returning=delete_newest_returning,
-        delete_by_id=delete(m).where(m.c.id == bindparam("mid")),
+        # By session too: on a table hash-partitioned by session (where the key
+        # is (session_id, id)) that is what prunes the DELETE to one partition.
+        delete_by_id=delete(m).where(its_messages, m.c.id == bindparam("mid")),
         delete_all=delete(m).where(its_messages),
         read_tokens=select(s.c.write_tokens).where(this_session).with_for_update(),
         journal_write=j.insert().values(
@@ -325,10 +381,17 @@ def statements(tables: LatticeTables, dialect: Dialect) -> Statements:
 
 
 # Errors after which the whole transaction was rolled back by the server and
-# may simply run again: MySQL deadlock (1213) and lock wait timeout (1205);
-# PostgreSQL serialization failure (40001) and deadlock (40P01).
-_MYSQL_RETRY_CODES = frozenset({1205, 1213})
+# may simply run again: MySQL deadlock (1213); PostgreSQL serialization
+# failure (40001) and deadlock (40P01). A lock wait timeout is not among them:
+# running again would wait the whole timeout again, so the bound a user set
+# (lattice.engines.limit_lock_waits) would be multiplied by the retries.
+_MYSQL_RETRY_CODES = frozenset({1213})
 _PG_RETRY_STATES = frozenset({"40001", "40P01"})
+# Lock wait timeouts: PostgreSQL lock_not_available (lock_timeout), MySQL 1205
+# (innodb_lock_wait_timeout), SQLite SQLITE_BUSY (busy_timeout).
+_PG_LOCK_TIMEOUT_STATE = "55P03"
+_MYSQL_LOCK_TIMEOUT_CODE = 1205
+_SQLITE_BUSY = 5
 
 
 def is_transient_conflict(exc: DBAPIError) -> bool:
@@ -339,3 +402,67 @@ def is_transient_conflict(exc: DBAPIError) -> bool:
         return True
     args: Any = getattr(orig, "args", ())
     return bool(args) and isinstance(args[0], int) and args[0] in _MYSQL_RETRY_CODES
+
+
+def is_lock_timeout(exc: DBAPIError) -> bool:
+    """True when the server gave up waiting for a lock (the statement did nothing)."""
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if state == _PG_LOCK_TIMEOUT_STATE:
+        return True
+    if getattr(orig, "sqlite_errorcode", None) == _SQLITE_BUSY:
+        return True
+    args: Any = getattr(orig, "args", ())
+    return bool(args) and args[0] == _MYSQL_LOCK_TIMEOUT_CODE
+
+
+# A table or a column the statement names is not there: PostgreSQL
+# undefined_table / undefined_column, MySQL 1146 / 1054; SQLite says it in words.
+_PG_SCHEMA_STATES = {"42P01": "missing", "42703": "outdated"}
+_MYSQL_SCHEMA_CODES = {1146: "missing", 1054: "outdated"}
+_SQLITE_SCHEMA_WORDS = (
+    ("no such table", "missing"),
+    ("no such column", "outdated"),
+    ("has no column named", "outdated"),
+)
+
+
+def schema_problem(exc: DBAPIError) -> str | None:
+    """``"missing"`` (a table is not there), ``"outdated"`` (a column is not), or None."""
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if state in _PG_SCHEMA_STATES:
+        return _PG_SCHEMA_STATES[state]
+    args: Any = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _MYSQL_SCHEMA_CODES:
+        return _MYSQL_SCHEMA_CODES[args[0]]
+    if getattr(orig, "sqlite_errorcode", None) is not None or type(orig).__module__ == "sqlite3":
+        message = str(orig)
+        for words, problem in _SQLITE_SCHEMA_WORDS:
+            if words in message:
+                return problem
+    return None
+
+
+def lock_timeout_statement(dialect: Dialect, seconds: float) -> tuple[str, tuple[Any, ...]]:
+    """Driver SQL and parameters that bound a connection's lock waits to ``seconds``.
+
+    For a DB-API cursor of ``dialect``'s driver. PostgreSQL's ``lock_timeout``
+    covers row and table locks; MySQL's ``innodb_lock_wait_timeout`` row
+    locks, in whole seconds (at least 1); SQLite's ``busy_timeout`` the
+    database lock (a PRAGMA takes no parameter: the value is an int computed
+    here, never caller text).
+    """
+    ms = max(1, round(seconds * 1000))
+    mark = _PLACEHOLDERS.get(dialect.paramstyle, "%s")
+    if dialect.name == "postgresql":
+        return f"SELECT set_config('lock_timeout', {mark}, false)", (f"{ms}ms",)
+    if is_mysql(dialect):
+        return f"SET SESSION innodb_lock_wait_timeout = {mark}", (max(1, round(seconds)),)
+    if dialect.name == "sqlite":
+        return f"PRAGMA busy_timeout = {int(ms)}", ()
+    raise NotImplementedError(f"no lock timeout for {dialect.name!r}")
+
+
+# The first positional placeholder in each DB-API paramstyle.
+_PLACEHOLDERS = {"qmark": "?", "numeric": ":1", "numeric_dollar": "$1", "format": "%s"}

@@ -158,18 +158,21 @@ def define_advanced_tables(
     Table(
         structure_name,
         meta,
+        # No foreign key to the messages table: on PostgreSQL it may be
+        # hash-partitioned (key (session_id, id), no unique id to point at).
+        # Advanced sessions delete an item's structure with the item; a
+        # store's delete of the session takes it through session_id.
+        Column("message_id", schema.ORDER_KEY, primary_key=True, autoincrement=False),
         Column(
-            "message_id",
-            schema.ORDER_KEY,
+            "session_id",
+            SessionId(),
             ForeignKey(
-                f"{messages_table}.id",
+                f"{sessions_table}.session_id",
                 ondelete="CASCADE",
-                name=object_name("fk", structure_name, "message_id"),
+                name=object_name("fk", structure_name, "session_id"),
             ),
-            primary_key=True,
-            autoincrement=False,
+            nullable=False,
         ),
-        Column("session_id", SessionId(), nullable=False),
         Column("message_type", String(MESSAGE_TYPE_LENGTH), nullable=False),
         Column("turn", Integer(), nullable=False),
         Column("tool_name", String(TOOL_NAME_LENGTH), nullable=True),

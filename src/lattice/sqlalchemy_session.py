@@ -57,6 +57,11 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
             default, ``False``, stores UTF-8 text as itself (smaller, readable,
             searchable); both read back the same items.
         max_item_bytes: Largest accepted item, in bytes of UTF-8 JSON.
+        configure_sqlite: On a SQLite file engine, set WAL mode, a 5 s busy
+            timeout and ``synchronous = NORMAL`` on its connections, once per
+            engine, as the Agents SDK's ``SQLAlchemySession`` does
+            (:func:`lattice.engines.configure_sqlite`). ``False`` leaves the
+            engine as it is.
     """
 
     def __init__(
@@ -70,8 +75,13 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
         session_settings: SessionSettings | dict[str, Any] | None = None,
         ensure_ascii: bool = False,
         max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
+        configure_sqlite: bool = True,
     ) -> None:
         engines.check_engine(engine, "SQLAlchemySession")
+        if not isinstance(configure_sqlite, bool):
+            raise TypeError(
+                f"configure_sqlite must be a bool, not {type(configure_sqlite).__name__}"
+            )
         self._init(
             session_id,
             create_tables=create_tables,
@@ -80,6 +90,8 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
             max_item_bytes=max_item_bytes,
             ensure_ascii=ensure_ascii,
         )
+        if configure_sqlite:
+            engines.configure_sqlite(engine)
         self._fixed_engine: AsyncEngine | None = engine
         self._owns_engine = False
         self._url: Any = None
@@ -152,6 +164,8 @@ class SQLAlchemySession(DefaultSettings, SessionABC):
             max_item_bytes=kwargs.pop("max_item_bytes", DEFAULT_MAX_ITEM_BYTES),
             ensure_ascii=kwargs.pop("ensure_ascii", False),
         )
+        # An engine Lattice makes has its SQLite settings already.
+        kwargs.pop("configure_sqlite", None)
         if kwargs:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
         self._fixed_engine = None

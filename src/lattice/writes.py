@@ -6,10 +6,12 @@ One module so there is one answer to each of these questions:
   its own (:func:`shielded`), or the caller could be told "cancelled" while
   the database commits; a result the caller will never see is undone (a
   popped item goes back), then the cancellation goes on.
-* **Conflicts.** A transaction the server rolled back (deadlock, lock wait
-  timeout, serialization failure: :func:`lattice.dialects.is_transient_conflict`)
+* **Conflicts.** A transaction the server rolled back (deadlock,
+  serialization failure: :func:`lattice.dialects.is_transient_conflict`)
   runs again, up to :data:`CONFLICT_RETRIES` times with a short growing
-  pause (:func:`backoff`).
+  pause (:func:`backoff`). A lock wait that outlasted the engine's lock
+  timeout is not run again: it raises
+  :class:`~lattice.errors.LockTimeoutError` (:func:`check_lock_timeout`).
 * **Lost connections.** Lost before COMMIT was sent: nothing committed, so
   it runs again once. Lost after: the database is asked, under the session's
   row lock, whether this attempt's write token committed (:func:`run_write`).
@@ -19,7 +21,10 @@ One module so there is one answer to each of these questions:
   answer is exact. Lattice trusts a missing row only within
   :data:`JOURNAL_TRUST_S` of the write's start; past it, or when the
   database cannot be asked, :class:`~lattice.errors.WriteOutcomeUnknownError`
-  carries what the write had produced rather than a guess.
+  carries what the write had produced rather than a guess. A database that
+  cannot be reached is asked again for up to :data:`OUTCOME_WAIT_S` (a
+  failover: the standby is being promoted, and the journal on the new
+  primary answers, since a synchronous standby has every acknowledged commit).
 """
 
 from __future__ import annotations
@@ -35,18 +40,26 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .dialects import is_transient_conflict
+from .dialects import is_lock_timeout, is_transient_conflict, schema_problem
 from .drivers import Driver, Operations, Runner
 from .engines import EngineState
-from .errors import PutBackFailedError, WriteOutcomeUnknownError
+from .errors import (
+    LockTimeoutError,
+    PutBackFailedError,
+    SchemaNotReadyError,
+    WriteOutcomeUnknownError,
+)
 from .schema import WRITE_TOKEN_LENGTH, LatticeTables
 
 __all__ = [
     "CONFLICT_RETRIES",
     "JOURNAL_TRUST_S",
     "JOURNAL_WINDOW_S",
+    "OUTCOME_WAIT_S",
     "Bound",
     "backoff",
+    "check_lock_timeout",
+    "check_schema",
     "finish",
     "new_token",
     "outlast_cancellation",
@@ -54,6 +67,7 @@ __all__ = [
     "read",
     "retry_conflicts",
     "run_write",
+    "schema_advice",
     "shielded",
 ]
 
@@ -61,7 +75,7 @@ _T = TypeVar("_T")
 _UNSET: Any = object()
 _log = logging.getLogger("lattice.writes")
 
-#: How often a transaction the server rolled back (deadlock, lock timeout) is rerun.
+#: How often a transaction the server rolled back (a deadlock) is rerun.
 CONFLICT_RETRIES = 5
 #: How long the write journal keeps a row (by the database server's clock).
 JOURNAL_WINDOW_S = 3600
@@ -71,6 +85,9 @@ JOURNAL_WINDOW_S = 3600
 JOURNAL_TRUST_S = 600
 #: Every this many writes on an engine, one prunes the journal (the first one too).
 JOURNAL_PRUNE_EVERY = 512
+#: How long a lost write's outcome is asked for while the database cannot be
+#: reached (a restart, a failover to a standby) before WriteOutcomeUnknownError.
+OUTCOME_WAIT_S = 10.0
 
 
 def backoff(attempt: int) -> float:
@@ -168,11 +185,49 @@ async def retry_conflicts(
         try:
             return await attempt()
         except DBAPIError as exc:
+            check_lock_timeout(exc, "the sessions")
+            check_schema(exc)
             conflict = is_transient_conflict(exc) or (also is not None and also(exc))
             if not conflict or conflicts >= CONFLICT_RETRIES:
                 raise
             conflicts += 1
             await asyncio.sleep(backoff(conflicts))
+
+
+def check_lock_timeout(exc: DBAPIError, what: str) -> None:
+    """Raise :class:`LockTimeoutError` if ``exc`` is the server giving up on a lock wait.
+
+    Not retried: a rerun would wait the whole timeout again. Nothing of the
+    write committed (the statement that waited did nothing, and the
+    transaction is rolled back on the way out).
+    """
+    if is_lock_timeout(exc):
+        raise LockTimeoutError(
+            f"{what} stayed locked by another transaction for longer than the lock timeout; "
+            "nothing was written (lattice.engines.limit_lock_waits sets the bound)"
+        ) from exc
+
+
+def schema_advice(exc: DBAPIError) -> str | None:
+    """What to do when ``exc`` says a table or column is not there (else None)."""
+    problem = schema_problem(exc)
+    if problem is None:
+        return None
+    reason = str(exc.orig or exc).strip().splitlines()[0]
+    if problem == "missing":
+        return (
+            f"{reason}; Lattice's tables are not in this database: create them with "
+            "`lattice db upgrade` (or `await lattice.migrations.upgrade(url)`), "
+            "or pass create_tables=True"
+        )
+    return f"{reason}; the tables are older than this Lattice: run `lattice db upgrade`"
+
+
+def check_schema(exc: DBAPIError) -> None:
+    """Raise :class:`SchemaNotReadyError` if ``exc`` says a table or column is not there."""
+    advice = schema_advice(exc)
+    if advice is not None:
+        raise SchemaNotReadyError(advice) from exc
 
 
 async def read(bound: Bound, body: Callable[[Runner], Awaitable[_T]]) -> _T:
@@ -188,6 +243,7 @@ async def read(bound: Bound, body: Callable[[Runner], Awaitable[_T]]) -> _T:
         except DBAPIError as exc:
             # A connection that died while idle in the pool (server restart):
             # the pool is already invalidated, so one more try reconnects.
+            check_schema(exc)
             if attempt == 2 or not exc.connection_invalidated:
                 raise
     raise AssertionError("unreachable")
@@ -208,7 +264,8 @@ async def run_write(
     by itself, so a connection lost once it was sent is treated as a lost
     COMMIT reply.
 
-    * A deadlock or lock timeout rolled back by the server: run again.
+    * A deadlock rolled back by the server: run again.
+    * A lock wait past the lock timeout: :class:`LockTimeoutError`, nothing written.
     * The connection lost before COMMIT was sent: nothing committed, run again once.
     * The connection lost after COMMIT was sent: ask the database, under the
       session's row lock, whether this attempt's token committed. If so, the
@@ -233,6 +290,8 @@ async def run_write(
             await _maybe_prune(bound)
             return result  # type: ignore[no-any-return]
         except DBAPIError as exc:
+            check_lock_timeout(exc, f"session {session_id!r}")
+            check_schema(exc)
             if is_transient_conflict(exc) and conflicts < CONFLICT_RETRIES:
                 conflicts += 1
                 await asyncio.sleep(backoff(conflicts))
@@ -244,7 +303,7 @@ async def run_write(
                 result = attempt.if_committed
             if result is not _UNSET or (attempt is not None and attempt.maybe_committed):
                 try:
-                    committed = await token_committed(bound, session_id, token)
+                    committed = await _ask_outcome(bound, session_id, token)
                     if not committed and time.monotonic() - started > JOURNAL_TRUST_S:
                         raise LookupError(
                             f"the write began over {JOURNAL_TRUST_S} s ago: the journal "
@@ -266,6 +325,26 @@ async def run_write(
             if lost_connection_retries == 0:
                 raise
             lost_connection_retries -= 1
+
+
+async def _ask_outcome(bound: Bound, session_id: str, token: str) -> bool:
+    """:func:`token_committed`, asked again while it fails, for up to :data:`OUTCOME_WAIT_S`.
+
+    Any failure, not only a refused connection: during a failover the old
+    primary resets connections, the standby answers "read-only" or "shutting
+    down" until it is promoted, and asyncpg raises plain ``OSError`` for some
+    of these. The last failure is raised once the time is up.
+    """
+    deadline = time.monotonic() + OUTCOME_WAIT_S
+    pause = 0.05
+    while True:
+        try:
+            return await token_committed(bound, session_id, token)
+        except Exception:
+            if time.monotonic() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 1.0)
 
 
 async def token_committed(bound: Bound, session_id: str, token: str) -> bool:

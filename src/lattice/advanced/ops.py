@@ -330,7 +330,7 @@ async def take_newest(tx: Tx, branch: str, check: Any = None) -> PoppedItem | No
     kept = await _covered_elsewhere(tx, branch, message_id)
     if not kept:
         await tx.execute(delete(st).where(st.c.message_id == message_id))
-        await tx.run.count(Stmt.DELETE_BY_ID, {"mid": message_id})
+        await tx.run.count(Stmt.DELETE_BY_ID, {"sid": tx.sid, "mid": message_id})
         await _count(tx, -1)
     usage = None
     if kind == "user":
@@ -389,7 +389,9 @@ async def put_back(tx: Tx, popped: PoppedItem) -> bool:
         return False
     await journal(tx)
     m = tx.t.messages
-    present = await tx.scalar(select(exists().where(m.c.id == popped.message_id)))
+    present = await tx.scalar(
+        select(exists().where(m.c.session_id == tx.sid, m.c.id == popped.message_id))
+    )
     if not present:
         params = {"mid": popped.message_id, "sid": tx.sid, "data": popped.text, "now": utc_now()}
         await tx.run.count(Stmt.INSERT_MESSAGE_WITH_ID, params)
@@ -467,7 +469,7 @@ async def remove_items(tx: Tx, branch: str) -> None:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             await tx.execute(delete(st).where(st.c.message_id.in_(chunk)))
-            await tx.execute(delete(m).where(m.c.id.in_(chunk)))
+            await tx.execute(delete(m).where(m.c.session_id == tx.sid, m.c.id.in_(chunk)))
         gone += len(ids)
     await _count(tx, -gone)
     await _set_last_turn(tx, branch, 0)

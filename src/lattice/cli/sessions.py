@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -32,8 +31,11 @@ from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 
 from .. import urls
+from ..errors import LatticeError
 from ..sdk_parity import count_unreadable
 from ..store import SessionInfo, SessionStore
+from ..writes import schema_advice
+from ._branches import SHOWN_KEYS, branches_and_items
 from ._common import EXIT_USAGE, err_console, fail, out_console, usable_url
 from ._options import _check_policy, _filters, parse_duration
 from ._transfer import SideError, import_source, on_side
@@ -60,6 +62,13 @@ _URL = typer.Option(
     help=f"Database URL (default: ${URL_ENV_VAR}).",
     show_default=False,
 )
+_READ_URL = typer.Option(
+    None,
+    "--read-url",
+    metavar="URL",
+    help="A read replica of the database (a hot standby) to read the catalogue from.",
+    show_default=False,
+)
 _JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
 _PREFIX = typer.Option(
     None, "--prefix", metavar="TEXT", help="Only session ids starting with this text."
@@ -76,6 +85,7 @@ _AFTER = typer.Option(None, "--after", metavar="WHEN", help="Last active after (
 _BEFORE = typer.Option(None, "--before", metavar="WHEN", help="Last active before (ISO 8601).")
 _IDS = typer.Argument(None, metavar="SESSION_ID...", help="Session ids to delete.")
 
+
 def register(root: typer.Typer) -> None:
     """Add the ``sessions`` command group to the ``lattice`` command."""
     root.add_typer(app, name="sessions")
@@ -85,21 +95,27 @@ _fail = fail
 
 
 def _database_error(exc: DBAPIError) -> str:
-    reason = str(exc.orig or exc).strip().splitlines()[0]
-    if re.search(r"no such table|relation .* does not exist|doesn't exist", reason, re.I):
-        return f"{reason}; create the tables with `lattice db upgrade`"
-    if re.search(r"no such column|column .* does not exist|unknown column", reason, re.I):
-        # Tables of an older schema (or of the Agents SDK): a migration is due.
-        return f"{reason}; the schema is behind this Lattice: run `lattice db upgrade`"
-    return f"database error: {reason}"
+    # Missing tables, or tables of an older schema (or of the Agents SDK):
+    # the library's own advice (lattice db upgrade).
+    advice = schema_advice(exc)
+    return advice or f"database error: {str(exc.orig or exc).strip().splitlines()[0]}"
 
 
-def _run(url: str | None, work: Callable[[SessionStore], Awaitable[_T]]) -> _T:
-    """Open a store on ``url``, run ``work`` on it, close it; turn failures into exit codes."""
+def _run(
+    url: str | None,
+    work: Callable[[SessionStore], Awaitable[_T]],
+    read_url: str | None = None,
+) -> _T:
+    """Open a store on ``url``, run ``work`` on it, close it; turn failures into exit codes.
+
+    ``read_url``: a replica the store reads its catalogue and exports from.
+    """
     url = usable_url(url, env_var=URL_ENV_VAR, exists=True)
+    if read_url is not None:
+        read_url = usable_url(read_url, env_var=URL_ENV_VAR, option="--read-url", exists=True)
 
     async def main() -> _T:
-        async with SessionStore.from_url(url) as store:
+        async with SessionStore.from_url(url, read_url=read_url) as store:
             return await work(store)
 
     try:
@@ -112,6 +128,8 @@ def _run(url: str | None, work: Callable[[SessionStore], Awaitable[_T]]) -> _T:
         raise _fail(str(exc), EXIT_USAGE) from None
     except DBAPIError as exc:
         raise _fail(_database_error(exc)) from None
+    except LatticeError as exc:  # SchemaNotReadyError, LockTimeoutError, ...
+        raise _fail(str(exc)) from None
     except SideError as exc:
         cause = exc.cause
         reason = _database_error(cause) if isinstance(cause, DBAPIError) else str(cause)
@@ -170,6 +188,7 @@ def _sessions_table(sessions: list[SessionInfo]) -> Table:
 @app.command("list")
 def list_command(
     url: str | None = _URL,
+    read_url: str | None = _READ_URL,
     prefix: str | None = _PREFIX,
     owner: str | None = _OWNER,
     meta: list[str] | None = _META,
@@ -185,7 +204,9 @@ def list_command(
 ) -> None:
     """List sessions, newest activity first, a page at a time."""
     filters = _filters(prefix, owner, meta, after, before)
-    page = _run(url, lambda store: store.list_sessions(limit=limit, cursor=cursor, **filters))
+    page = _run(
+        url, lambda store: store.list_sessions(limit=limit, cursor=cursor, **filters), read_url
+    )
     if as_json:
         _print_json(
             {"sessions": [i.to_dict() for i in page.sessions], "next_cursor": page.next_cursor}
@@ -203,6 +224,7 @@ def list_command(
 def show_command(
     session_id: str = typer.Argument(..., metavar="SESSION_ID", help="The session id."),
     url: str | None = _URL,
+    read_url: str | None = _READ_URL,
     items: int = typer.Option(
         20, "--items", metavar="N", min=0, help="How many of the latest items."
     ),
@@ -221,34 +243,17 @@ def show_command(
         info = await store.get_info(session_id)
         if info is None:
             return None, []
-        try:
-            branches = await store.list_branches(session_id)
-        except DBAPIError:
-            if branch is not None:
-                raise
-            branches = []  # a database from before advanced sessions (revision 0005)
-        if branch is not None and branch not in [b["branch_id"] for b in branches]:
-            raise _fail(f"session {session_id!r} has no branch {branch!r}")
         with count_unreadable() as box:
-            if not items:
-                latest = []
-            elif not branches:
-                latest = await store.session(session_id).get_items(limit=items)
-            else:  # an advanced session: its main branch unless --branch names another
-                advanced = store.advanced_session(session_id)
-                latest = await advanced.get_items(limit=items, branch_id=branch or "main")
+            branches, latest = await branches_and_items(store, session_id, branch, items)
         unreadable = box[0]
         return info, cast("list[dict[str, Any]]", latest)
 
-    info, latest = _run(url, work)
+    info, latest = _run(url, work, read_url)
     if info is None:
         if as_json:
             _print_json(None)  # scripts read null; the exit status is 1
         raise _fail(f"no session {session_id!r}")
-    shown_branches = [
-        {k: b[k] for k in ("branch_id", "message_count", "user_turns", "created_at")}
-        for b in branches
-    ]
+    shown_branches = [{k: b[k] for k in SHOWN_KEYS} for b in branches]
     if as_json:
         _print_json(
             {
@@ -290,6 +295,7 @@ def export_command(
         "-", metavar="FILE", help="File to write, or - for standard output."
     ),
     url: str | None = _URL,
+    read_url: str | None = _READ_URL,
     prefix: str | None = _PREFIX,
     owner: str | None = _OWNER,
     meta: list[str] | None = _META,
@@ -306,7 +312,7 @@ def export_command(
             target: Any = sys.stdout if output == "-" else output
             return await store.export_jsonl(target, progress=step, **filters)
 
-    result = _run(url, work)
+    result = _run(url, work, read_url)
     summary = {"sessions": result.sessions, "items": result.items}
     if as_json and output != "-":
         _print_json(summary)
