@@ -36,10 +36,12 @@ from sqlalchemy import (
     Insert,
     Select,
     Table,
+    Text,
     Update,
     and_,
     any_,
     bindparam,
+    cast,
     delete,
     or_,
     select,
@@ -269,7 +271,12 @@ def _of_session(m: Table, dialect: Dialect, columns: list[Any], newest_first: bo
     sid = bindparam("sid", type_=m.c.session_id.type)
     name = rules(dialect).name
     if name == "postgresql":
-        query = select(*columns).where(m.c.session_id == any_(postgresql.array([sid])))
+        # The element cast to text: an array of varchar would be coerced to
+        # text[] as a whole, which hides the element from partition pruning
+        # in generic plans (tests/test_partitions.py).
+        query = select(*columns).where(
+            m.c.session_id == any_(postgresql.array([cast(sid, Text)]))
+        )
     elif name == "sqlite":
         query = select(*columns).where(and_(m.c.session_id >= sid, m.c.session_id <= sid))
     else:
