@@ -57,9 +57,11 @@ from .schema import (
 )
 
 __all__ = [
+    "GALERA_PROBE",
     "Rules",
     "Statements",
     "check_packet",
+    "galera_from",
     "is_transient_conflict",
     "rules",
     "statements",
@@ -322,6 +324,17 @@ def _statements(tables: LatticeTables, dialect_name: str, dialect: Dialect) -> S
 def statements(tables: LatticeTables, dialect: Dialect) -> Statements:
     """The statements for ``tables`` on ``dialect`` (cached)."""
     return _statements(tables, dialect.name, dialect)
+
+
+#: Whether this MySQL/MariaDB server is a Galera node (MariaDB Galera Cluster,
+#: Percona XtraDB Cluster): the answer is ("wsrep_on", "ON"). A plain MySQL 8
+#: or MariaDB answers no row, or "OFF", and raises no error.
+GALERA_PROBE = "SHOW VARIABLES LIKE 'wsrep_on'"
+
+
+def galera_from(rows: Any) -> bool:
+    """Read the answer to :data:`GALERA_PROBE`."""
+    return any(str(row[1]).upper() == "ON" for row in rows)
 
 
 # Errors after which the whole transaction was rolled back by the server and
