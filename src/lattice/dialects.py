@@ -57,7 +57,9 @@ from .schema import (
 )
 
 __all__ = [
+    "GALERA_DEFAULT_READS",
     "GALERA_PROBE",
+    "GALERA_SYNC_READS",
     "Rules",
     "Statements",
     "check_packet",
@@ -330,6 +332,13 @@ def statements(tables: LatticeTables, dialect: Dialect) -> Statements:
 #: Percona XtraDB Cluster): the answer is ("wsrep_on", "ON"). A plain MySQL 8
 #: or MariaDB answers no row, or "OFF", and raises no error.
 GALERA_PROBE = "SHOW VARIABLES LIKE 'wsrep_on'"
+
+
+#: Reads of this connection wait until the node has applied every write set
+#: the cluster ordered before them (bit 1 of wsrep_sync_wait: SELECT, SHOW).
+GALERA_SYNC_READS = "SET SESSION wsrep_sync_wait = 1"
+#: Back to the server's setting.
+GALERA_DEFAULT_READS = "SET SESSION wsrep_sync_wait = @@GLOBAL.wsrep_sync_wait"
 
 
 def galera_from(rows: Any) -> bool:

@@ -7,9 +7,13 @@ One module so there is one answer to each of these questions:
   the database commits; a result the caller will never see is undone (a
   popped item goes back), then the cancellation goes on.
 * **Conflicts.** A transaction the server rolled back (deadlock, lock wait
-  timeout, serialization failure: :func:`lattice.dialects.is_transient_conflict`)
-  runs again, up to :data:`CONFLICT_RETRIES` times with a short growing
-  pause (:func:`backoff`).
+  timeout, serialization failure, a Galera certification failure reported
+  at COMMIT: :func:`lattice.dialects.is_transient_conflict`) runs again,
+  after a growing, jittered pause (:func:`backoff`), for up to
+  :data:`CONFLICT_RETRY_S` seconds; then the conflict is raised. Writers of
+  one session through different Galera nodes conflict on every overlap
+  (certification is optimistic: nobody waits for a row lock), so a fixed
+  small number of retries was not enough there.
 * **Lost connections.** Lost before COMMIT was sent: nothing committed, so
   it runs again once. Lost after: the database is asked, under the session's
   row lock, whether this attempt's write token committed (:func:`run_write`).
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -42,7 +47,7 @@ from .errors import PutBackFailedError, WriteOutcomeUnknownError
 from .schema import WRITE_TOKEN_LENGTH, LatticeTables
 
 __all__ = [
-    "CONFLICT_RETRIES",
+    "CONFLICT_RETRY_S",
     "JOURNAL_TRUST_S",
     "JOURNAL_WINDOW_S",
     "Bound",
@@ -61,8 +66,13 @@ _T = TypeVar("_T")
 _UNSET: Any = object()
 _log = logging.getLogger("lattice.writes")
 
-#: How often a transaction the server rolled back (deadlock, lock timeout) is rerun.
-CONFLICT_RETRIES = 5
+#: How long one call reruns transactions the server rolled back (deadlock,
+#: lock timeout, certification failure) before it raises the conflict.
+CONFLICT_RETRY_S = 30.0
+#: How often ``retry_conflicts(also=...)`` reruns what ``also`` accepts.
+_WIDENED_RETRIES = 5
+#: The longest pause between two reruns (before jitter).
+_MAX_BACKOFF_S = 0.2
 #: How long the write journal keeps a row (by the database server's clock).
 JOURNAL_WINDOW_S = 3600
 #: How long after a write began its outcome is answered from the journal. The
@@ -74,8 +84,37 @@ JOURNAL_PRUNE_EVERY = 512
 
 
 def backoff(attempt: int) -> float:
-    """Seconds to wait before conflict retry number ``attempt`` (1, 2, ...)."""
-    return 0.005 * attempt
+    """Seconds to wait before conflict retry number ``attempt`` (1, 2, ...).
+
+    Doubling from 5 ms up to 200 ms, times a random factor in [0.5, 1.5) so
+    that writers who collided do not collide again in step.
+    """
+    pause: float = min(0.005 * 2.0 ** min(attempt - 1, 16), _MAX_BACKOFF_S)
+    return pause * (0.5 + random.random())
+
+
+class _Conflicts:
+    """One call's budget of conflict reruns: :data:`CONFLICT_RETRY_S` from the first."""
+
+    __slots__ = ("count", "deadline")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.deadline: float | None = None
+
+    async def rerun(self, exc: DBAPIError) -> bool:
+        """Wait before the next attempt and return True, or False when the budget is spent."""
+        if not is_transient_conflict(exc):
+            return False
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + CONFLICT_RETRY_S
+        pause = backoff(self.count + 1)
+        if now + pause > self.deadline:
+            return False
+        self.count += 1
+        await asyncio.sleep(pause)
+        return True
 
 
 def new_token() -> str:
@@ -163,16 +202,18 @@ async def retry_conflicts(
     ``also`` widens what counts as a conflict (the store retries a concurrent
     creation of the same row, an ``IntegrityError``).
     """
-    conflicts = 0
+    conflicts = _Conflicts()
+    widened = 0
     while True:
         try:
             return await attempt()
         except DBAPIError as exc:
-            conflict = is_transient_conflict(exc) or (also is not None and also(exc))
-            if not conflict or conflicts >= CONFLICT_RETRIES:
+            if also is not None and also(exc) and widened < _WIDENED_RETRIES:
+                widened += 1
+                await asyncio.sleep(backoff(widened))
+                continue
+            if not await conflicts.rerun(exc):
                 raise
-            conflicts += 1
-            await asyncio.sleep(backoff(conflicts))
 
 
 async def read(bound: Bound, body: Callable[[Runner], Awaitable[_T]]) -> _T:
@@ -208,7 +249,8 @@ async def run_write(
     by itself, so a connection lost once it was sent is treated as a lost
     COMMIT reply.
 
-    * A deadlock or lock timeout rolled back by the server: run again.
+    * A deadlock, lock timeout or certification failure rolled back by the
+      server: run again (for :data:`CONFLICT_RETRY_S` at most).
     * The connection lost before COMMIT was sent: nothing committed, run again once.
     * The connection lost after COMMIT was sent: ask the database, under the
       session's row lock, whether this attempt's token committed. If so, the
@@ -217,7 +259,7 @@ async def run_write(
     """
     state = bound.state
     lost_connection_retries = 1
-    conflicts = 0
+    conflicts = _Conflicts()
     while True:
         started = time.monotonic()
         token = new_token()
@@ -233,9 +275,7 @@ async def run_write(
             await _maybe_prune(bound)
             return result  # type: ignore[no-any-return]
         except DBAPIError as exc:
-            if is_transient_conflict(exc) and conflicts < CONFLICT_RETRIES:
-                conflicts += 1
-                await asyncio.sleep(backoff(conflicts))
+            if await conflicts.rerun(exc):
                 continue
             if not exc.connection_invalidated:
                 raise

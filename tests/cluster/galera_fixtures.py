@@ -71,6 +71,8 @@ async def galera_tables(node_engines: list[AsyncEngine]) -> AsyncIterator[Lattic
     tables = lattice_tables(f"g_sessions_{suffix}", f"g_messages_{suffix}")
     async with node_engines[0].begin() as conn:
         await conn.run_sync(tables.metadata.create_all)
+    for engine in node_engines:  # every node has the tables before the test starts
+        await read(engine, f"SELECT COUNT(*) FROM {tables.messages.name}")
     try:
         yield tables
     finally:
