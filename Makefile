@@ -48,8 +48,10 @@ test-cluster: install
 bench: install
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
+# The load, cancellation, fault and property suites at their larger settings.
+SOAK = LATTICE_SOAK=1 LATTICE_CANCEL_OPS=3000 LATTICE_HYPOTHESIS_EXAMPLES=150 LATTICE_RESTART_ROUNDS=12
 soak: install
-	LATTICE_SOAK=1 $(BIN)/pytest tests/test_load.py $(PYTEST_ARGS)
+	$(SOAK) $(BIN)/pytest tests/test_load.py tests/test_cancellation.py tests/test_faults.py tests/test_properties.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist site .pytest_cache .mypy_cache .ruff_cache

@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("lattice.errors", "lattice.protocol", "lattice.items", "lattice._compat", "lattice.urls",
      "lattice.sdk_parity"),
     ("lattice.schema", "lattice.dialects"),
+    ("lattice._loop_locks", "lattice.lock_waits"),
     ("lattice.engines",),
     ("lattice.drivers",),
     ("lattice.writes",),

@@ -18,6 +18,7 @@ How the faults are made (no mocks; see ``reliability.py``):
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -41,6 +42,9 @@ from tests.reliability import (
     stored,
     stored_count,
 )
+
+#: Simulated server restarts in the recovery test (``make soak`` runs more).
+RESTART_ROUNDS = int(os.environ.get("LATTICE_RESTART_ROUNDS", "3"))
 
 
 @pytest.fixture
@@ -334,7 +338,7 @@ async def test_sessions_recover_after_every_connection_is_killed(
         assert await session.get_items(limit=2) == items[-2:]
         assert await session.pop_item() == items.pop()
 
-    for round_ in range(3):
+    for round_ in range(RESTART_ROUNDS):
         await asyncio.gather(*(round_trip(i, round_) for i in range(len(sessions))))
         idle = server_ids(victim)
         assert len(idle) >= 2, "the pool should hold several idle connections"

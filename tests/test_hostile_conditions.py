@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,6 +127,18 @@ async def test_cancelling_reads_keeps_an_in_memory_store() -> None:
         await _cancel_reads(store.count)
         assert await store.count() == 50
         assert await store.session("s3").get_items() == [{"n": 3}]
+
+
+async def test_cancelling_an_export_keeps_an_in_memory_store(tmp_path: Path) -> None:
+    async with SessionStore.from_url("sqlite+aiosqlite:///:memory:", create_tables=True) as store:
+        for n in range(6):
+            await store.session(f"s{n}").add_items([{"n": n, "i": i} for i in range(1200)])
+        out = io.StringIO()
+        await _cancel_reads(lambda: store.export_jsonl(out), times=40)
+        await _cancel_reads(lambda: store.export_jsonl(tmp_path / "x.jsonl"), times=12)
+        assert await store.count() == 6
+        result = await store.export_jsonl(tmp_path / "whole.jsonl")
+        assert (result.sessions, result.items) == (6, 7200)
 
 
 def test_one_in_memory_session_used_from_two_threads_with_their_own_loops() -> None:

@@ -4,7 +4,7 @@
   nothing is lost, nothing is handed out twice, batches stay whole.
 * A writer blocked by another connection's write lock waits the busy
   timeout (``engines.SQLITE_BUSY_TIMEOUT_MS``, 5 s), then gets
-  ``sqlalchemy.exc.OperationalError`` "database is locked"; nothing of its
+  ``lattice.LockTimeoutError`` ("database is locked" chained); nothing of its
   batch is stored, and reads keep working meanwhile (WAL).
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from lattice import SQLiteSession
+from lattice import LockTimeoutError, SQLiteSession
 from lattice.engines import SQLITE_BUSY_TIMEOUT_MS, dispose_engines
 
 PROCESSES = 4
@@ -92,7 +92,7 @@ async def test_processes_writing_one_file_lose_nothing(tmp_path: Path) -> None:
     assert len(runs) == len(set(runs)), "a batch is interleaved with another"
 
 
-async def test_locked_database_errors_after_the_busy_timeout(tmp_path: Path) -> None:
+async def test_locked_database_raises_lock_timeout_after_the_busy_timeout(tmp_path: Path) -> None:
     path = tmp_path / "locked.db"
     session = SQLiteSession("locked", str(path))
     await session.add_items([{"before": 1}])
@@ -101,8 +101,10 @@ async def test_locked_database_errors_after_the_busy_timeout(tmp_path: Path) -> 
         blocker.execute("BEGIN IMMEDIATE")  # holds the write lock
         assert await session.get_items() == [{"before": 1}], "WAL: readers are not blocked"
         started = time.monotonic()
-        with pytest.raises(OperationalError, match="database is locked"):
+        with pytest.raises(LockTimeoutError, match="'locked' stayed locked") as info:
             await session.add_items([{"blocked": 1}, {"blocked": 2}])
+        assert isinstance(info.value.__cause__, OperationalError)
+        assert "database is locked" in str(info.value.__cause__)
         waited = time.monotonic() - started
         # A lower bound only: the writer waited the documented time before giving up.
         assert waited >= SQLITE_BUSY_TIMEOUT_MS / 1000 * 0.95, waited

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .engines import dispose_engines
-from .errors import LatticeError, WriteOutcomeUnknownError
+from .errors import LatticeError, LockTimeoutError, WriteOutcomeUnknownError
 from .protocol import Session, SessionABC
 from .sqlalchemy_session import SQLAlchemySession
 from .sqlite_session import SQLiteSession
@@ -32,6 +32,7 @@ __all__ = [
     "ExportResult",
     "ImportResult",
     "LatticeError",
+    "LockTimeoutError",
     "OpenAIConversationsSession",
     "SQLAlchemySession",
     "SQLiteSession",

@@ -202,6 +202,14 @@ def _exclusive(connection: Connection, *, external: bool) -> Iterator[None]:
         # Inside a caller's transaction a transaction-level lock ends with it;
         # otherwise revisions commit one by one, so the lock is the session's.
         lock = "pg_advisory_xact_lock" if external else "pg_advisory_lock"
+        if not external:
+            # Wait for another migrator as long as on MySQL, whatever the
+            # engine's lock_timeout (lattice.engines.limit_lock_waits); the
+            # setting ends with this transaction, so the revisions' DDL keeps
+            # the engine's bound.
+            connection.execute(
+                text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{LOCK_TIMEOUT_S}s"}
+            )
         connection.execute(text(f"SELECT {lock}(:key)"), {"key": _PG_LOCK_KEY})
     elif dialect in ("mysql", "mariadb") and _is_galera(connection):
         galera_holder = _take_galera_lock(connection, external=external)

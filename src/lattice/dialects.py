@@ -64,8 +64,11 @@ __all__ = [
     "Statements",
     "check_packet",
     "galera_from",
+    "is_lock_timeout",
     "is_transient_conflict",
+    "lock_timeout_statement",
     "rules",
+    "schema_problem",
     "statements",
 ]
 
@@ -347,10 +350,17 @@ def galera_from(rows: Any) -> bool:
 
 
 # Errors after which the whole transaction was rolled back by the server and
-# may simply run again: MySQL deadlock (1213) and lock wait timeout (1205);
-# PostgreSQL serialization failure (40001) and deadlock (40P01).
-_MYSQL_RETRY_CODES = frozenset({1205, 1213})
+# may simply run again: MySQL deadlock (1213); PostgreSQL serialization
+# failure (40001) and deadlock (40P01). A lock wait timeout is not among them:
+# running again would wait the whole timeout again, so the bound a user set
+# (lattice.engines.limit_lock_waits) would be multiplied by the retries.
+_MYSQL_RETRY_CODES = frozenset({1213})
 _PG_RETRY_STATES = frozenset({"40001", "40P01"})
+# Lock wait timeouts: PostgreSQL lock_not_available (lock_timeout), MySQL 1205
+# (innodb_lock_wait_timeout), SQLite SQLITE_BUSY (busy_timeout).
+_PG_LOCK_TIMEOUT_STATE = "55P03"
+_MYSQL_LOCK_TIMEOUT_CODE = 1205
+_SQLITE_BUSY = 5
 
 
 def is_transient_conflict(exc: DBAPIError) -> bool:
@@ -361,3 +371,67 @@ def is_transient_conflict(exc: DBAPIError) -> bool:
         return True
     args: Any = getattr(orig, "args", ())
     return bool(args) and isinstance(args[0], int) and args[0] in _MYSQL_RETRY_CODES
+
+
+def is_lock_timeout(exc: DBAPIError) -> bool:
+    """True when the server gave up waiting for a lock (the statement did nothing)."""
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if state == _PG_LOCK_TIMEOUT_STATE:
+        return True
+    if getattr(orig, "sqlite_errorcode", None) == _SQLITE_BUSY:
+        return True
+    args: Any = getattr(orig, "args", ())
+    return bool(args) and args[0] == _MYSQL_LOCK_TIMEOUT_CODE
+
+
+# A table or a column the statement names is not there: PostgreSQL
+# undefined_table / undefined_column, MySQL 1146 / 1054; SQLite says it in words.
+_PG_SCHEMA_STATES = {"42P01": "missing", "42703": "outdated"}
+_MYSQL_SCHEMA_CODES = {1146: "missing", 1054: "outdated"}
+_SQLITE_SCHEMA_WORDS = (
+    ("no such table", "missing"),
+    ("no such column", "outdated"),
+    ("has no column named", "outdated"),
+)
+
+
+def schema_problem(exc: DBAPIError) -> str | None:
+    """``"missing"`` (a table is not there), ``"outdated"`` (a column is not), or None."""
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if state in _PG_SCHEMA_STATES:
+        return _PG_SCHEMA_STATES[state]
+    args: Any = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _MYSQL_SCHEMA_CODES:
+        return _MYSQL_SCHEMA_CODES[args[0]]
+    if getattr(orig, "sqlite_errorcode", None) is not None or type(orig).__module__ == "sqlite3":
+        message = str(orig)
+        for words, problem in _SQLITE_SCHEMA_WORDS:
+            if words in message:
+                return problem
+    return None
+
+
+def lock_timeout_statement(dialect: Dialect, seconds: float) -> tuple[str, tuple[Any, ...]]:
+    """Driver SQL and parameters that bound a connection's lock waits to ``seconds``.
+
+    For a DB-API cursor of ``dialect``'s driver. PostgreSQL's ``lock_timeout``
+    covers row and table locks; MySQL's ``innodb_lock_wait_timeout`` row
+    locks, in whole seconds (at least 1); SQLite's ``busy_timeout`` the
+    database lock (a PRAGMA takes no parameter: the value is an int computed
+    here, never caller text).
+    """
+    ms = max(1, round(seconds * 1000))
+    mark = _PLACEHOLDERS.get(dialect.paramstyle, "%s")
+    if dialect.name == "postgresql":
+        return f"SELECT set_config('lock_timeout', {mark}, false)", (f"{ms}ms",)
+    if is_mysql(dialect):
+        return f"SET SESSION innodb_lock_wait_timeout = {mark}", (max(1, round(seconds)),)
+    if dialect.name == "sqlite":
+        return f"PRAGMA busy_timeout = {int(ms)}", ()
+    raise NotImplementedError(f"no lock timeout for {dialect.name!r}")
+
+
+# The first positional placeholder in each DB-API paramstyle.
+_PLACEHOLDERS = {"qmark": "?", "numeric": ":1", "numeric_dollar": "$1", "format": "%s"}

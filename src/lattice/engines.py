@@ -14,7 +14,6 @@ Who owns what:
 from __future__ import annotations
 
 import asyncio
-import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -33,15 +32,24 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from . import _compat, urls
+from ._loop_locks import NO_LOCK, CrossLoopLock, LoopLocks
 from .dialects import GALERA_PROBE, galera_from, rules
+from .lock_waits import (
+    DEFAULT_LOCK_TIMEOUT_S,
+    check_lock_timeout,
+    limit_lock_waits,
+    names_lock_timeout,
+)
 
 __all__ = [
+    "DEFAULT_LOCK_TIMEOUT_S",
     "SQLITE_BUSY_TIMEOUT_MS",
     "check_engine",
     "check_ready",
     "dispose_engines",
     "engine_state",
     "ensure_tables",
+    "limit_lock_waits",
     "make_engine",
     "normalize_url",
     "shared_engine",
@@ -114,9 +122,17 @@ def make_engine(url: str | URL, **engine_kwargs: Any) -> AsyncEngine:
     SQLite gets one connection (``StaticPool``) so every call sees the same
     database. Other engines keep up to 15 pooled connections (``pool_size=15,
     max_overflow=0``) unless ``pool_size`` or ``max_overflow`` is given, and
-    hand out the most recently used one first (``pool_use_lifo=True``). A
-    missing driver raises ``ImportError`` naming the extra to install.
+    hand out the most recently used one first (``pool_use_lifo=True``).
+    ``lock_timeout`` (seconds, or ``None`` to wait as long as the server
+    does) bounds lock waits (:func:`limit_lock_waits`); the default is
+    :data:`DEFAULT_LOCK_TIMEOUT_S` on PostgreSQL and MySQL and the busy
+    timeout on SQLite. A missing driver raises ``ImportError`` naming the
+    extra to install.
     """
+    engine_kwargs = dict(engine_kwargs)
+    lock_timeout = engine_kwargs.pop("lock_timeout", _DEFAULT)
+    if lock_timeout is not _DEFAULT and lock_timeout is not None:
+        check_lock_timeout(lock_timeout)
     # libpq parameters (?sslmode=...) go where asyncpg reads them: lattice.urls.
     parsed, kwargs = urls.connect_options(normalize_url(url), engine_kwargs)
     backend = parsed.get_backend_name()
@@ -160,7 +176,17 @@ def make_engine(url: str | URL, **engine_kwargs: Any) -> AsyncEngine:
         ) from exc
     if backend == "sqlite":
         _configure_sqlite(engine, wal=not memory)
+    if lock_timeout is _DEFAULT:
+        # SQLite's bound is the busy timeout _configure_sqlite set; a caller
+        # who set the server's own option in connect_args keeps it.
+        own = names_lock_timeout(kwargs.get("connect_args"))
+        lock_timeout = None if backend == "sqlite" or own else DEFAULT_LOCK_TIMEOUT_S
+    if lock_timeout is not None:
+        limit_lock_waits(engine, lock_timeout)
     return engine
+
+
+_DEFAULT: Any = object()
 
 
 def _options_key(engine_kwargs: dict[str, Any]) -> str:
@@ -277,86 +303,6 @@ async def dispose_engines() -> None:
         await engine.dispose()
 
 
-class _LoopLocks:
-    """One ``asyncio.Lock`` per event loop (an asyncio lock belongs to one loop).
-
-    Taken on every write, so the last loop's lock is kept at hand: a lookup
-    in the weak dictionary cost a few microseconds per call.
-    """
-
-    __slots__ = ("_last", "_locks")
-
-    def __init__(self) -> None:
-        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], asyncio.Lock] | None = None
-
-    def get(self) -> asyncio.Lock:
-        """The running loop's lock."""
-        loop = asyncio.get_running_loop()
-        last = self._last
-        if last is not None and last[0]() is loop:
-            return last[1]
-        lock = self._locks.get(loop)
-        if lock is None:
-            lock = self._locks[loop] = asyncio.Lock()
-        self._last = (weakref.ref(loop), lock)
-        return lock
-
-    def values(self) -> list[asyncio.Lock]:
-        """Every loop's lock."""
-        return list(self._locks.values())
-
-
-class _CrossLoopLock:
-    """A lock that serialises its holders across event loops and threads.
-
-    An in-memory SQLite engine's one connection may be used from several loops
-    (threads). Within a loop callers queue on its asyncio lock; across loops
-    the holder of a loop's turn takes a thread lock, sleeping briefly if taken.
-    """
-
-    __slots__ = ("_loops", "_thread_lock")
-
-    def __init__(self) -> None:
-        self._loops = _LoopLocks()
-        self._thread_lock = threading.Lock()
-
-    async def __aenter__(self) -> None:
-        turn = self._loops.get()
-        await turn.acquire()
-        try:
-            # A thread lock cannot be awaited, and an asyncio.Event belongs to one
-            # loop: a short sleep is the only portable wait (and rarely taken).
-            while not self._thread_lock.acquire(blocking=False):  # noqa: ASYNC110
-                await asyncio.sleep(0.0005)
-        except BaseException:
-            turn.release()
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._thread_lock.release()
-        self._loops.get().release()
-
-    def locked(self) -> bool:
-        """True while some caller holds it."""
-        return self._thread_lock.locked()
-
-
-class _NoLock:
-    """``async with`` that does nothing (an engine that needs no lock)."""
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_LOCK = _NoLock()
-
-
 @dataclass
 class EngineState:
     """What Lattice remembers about one engine: created tables, locks, read mode."""
@@ -379,9 +325,9 @@ class EngineState:
     #: record's ``info`` dict. tests/reliability.py pauses and cancels calls there.
     trace: Callable[[str, str | None, dict[Any, Any]], Awaitable[None]] | None = None
     # One lock per loop: asyncio locks belong to the loop they first wait on.
-    _create_locks: _LoopLocks = field(default_factory=_LoopLocks)
-    _use_lock: _CrossLoopLock | None = None
-    _write_locks: _LoopLocks | None = None
+    _create_locks: LoopLocks = field(default_factory=LoopLocks)
+    _use_lock: CrossLoopLock | None = None
+    _write_locks: LoopLocks | None = None
 
     def create_lock(self) -> asyncio.Lock:
         return self._create_locks.get()
@@ -391,7 +337,7 @@ class EngineState:
         # A plain object, not a generator-based context manager: it is entered
         # on every call, and costs nothing when there is no lock.
         if self._use_lock is None:
-            return _NO_LOCK
+            return NO_LOCK
         return self._use_lock
 
     def writer(self) -> AbstractAsyncContextManager[Any]:
@@ -407,7 +353,7 @@ class EngineState:
         docs/performance.md). Other processes still meet the busy timeout.
         """
         if self._write_locks is None:
-            return _NO_LOCK
+            return NO_LOCK
         return self._write_locks.get()
 
 
@@ -423,9 +369,9 @@ def engine_state(engine: AsyncEngine) -> EngineState:
         if isinstance(sync_engine.pool, StaticPool):
             # One DBAPI connection shared by every checkout: transactions of
             # concurrent calls would interleave on it, so they take turns.
-            state._use_lock = _CrossLoopLock()
+            state._use_lock = CrossLoopLock()
         elif sync_engine.dialect.name == "sqlite":
-            state._write_locks = _LoopLocks()
+            state._write_locks = LoopLocks()
         _STATE[sync_engine] = state
     return state
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["LatticeError", "PutBackFailedError", "WriteOutcomeUnknownError"]
+__all__ = [
+    "LatticeError",
+    "LockTimeoutError",
+    "PutBackFailedError",
+    "SchemaNotReadyError",
+    "WriteOutcomeUnknownError",
+]
 
 
 class LatticeError(Exception):
@@ -40,3 +46,22 @@ class PutBackFailedError(LatticeError):
     def item(self) -> Any:
         """The popped item (the same object as ``result``)."""
         return self.result
+
+
+class LockTimeoutError(LatticeError, TimeoutError):
+    """A write waited longer than the lock timeout for another transaction's lock.
+
+    The write did not happen: the server gave up waiting before anything of it
+    committed, and the transaction was rolled back. The bound is the engine's
+    lock timeout (``lock_timeout`` in ``engine_kwargs`` for engines Lattice
+    makes, :func:`lattice.engines.limit_lock_waits` for your own; see
+    docs/guarantees.md). The database's error is chained.
+    """
+
+
+class SchemaNotReadyError(LatticeError):
+    """Lattice's tables are missing from the database, or older than this Lattice.
+
+    The message says which, with the database's own words and the command that
+    fixes it (``lattice db upgrade``). The database's error is chained.
+    """

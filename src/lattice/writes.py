@@ -6,14 +6,16 @@ One module so there is one answer to each of these questions:
   its own (:func:`shielded`), or the caller could be told "cancelled" while
   the database commits; a result the caller will never see is undone (a
   popped item goes back), then the cancellation goes on.
-* **Conflicts.** A transaction the server rolled back (deadlock, lock wait
-  timeout, serialization failure, a Galera certification failure reported
-  at COMMIT: :func:`lattice.dialects.is_transient_conflict`) runs again,
-  after a growing, jittered pause (:func:`backoff`), for up to
+* **Conflicts.** A transaction the server rolled back (deadlock,
+  serialization failure, a Galera certification failure reported at
+  COMMIT: :func:`lattice.dialects.is_transient_conflict`) runs again, after
+  a growing, jittered pause (:func:`backoff`), for up to
   :data:`CONFLICT_RETRY_S` seconds; then the conflict is raised. Writers of
   one session through different Galera nodes conflict on every overlap
   (certification is optimistic: nobody waits for a row lock), so a fixed
-  small number of retries was not enough there.
+  small number of retries was not enough there. A lock wait that outlasted
+  the engine's lock timeout is not run again: it raises
+  :class:`~lattice.errors.LockTimeoutError` (:func:`check_lock_timeout`).
 * **Lost connections.** Lost before COMMIT was sent: nothing committed, so
   it runs again once. Lost after: the database is asked, under the session's
   row lock, whether this attempt's write token committed (:func:`run_write`).
@@ -40,10 +42,15 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .dialects import is_transient_conflict
+from .dialects import is_lock_timeout, is_transient_conflict, schema_problem
 from .drivers import Driver, Operations, Runner
 from .engines import EngineState
-from .errors import PutBackFailedError, WriteOutcomeUnknownError
+from .errors import (
+    LockTimeoutError,
+    PutBackFailedError,
+    SchemaNotReadyError,
+    WriteOutcomeUnknownError,
+)
 from .schema import WRITE_TOKEN_LENGTH, LatticeTables
 
 __all__ = [
@@ -52,6 +59,8 @@ __all__ = [
     "JOURNAL_WINDOW_S",
     "Bound",
     "backoff",
+    "check_lock_timeout",
+    "check_schema",
     "finish",
     "new_token",
     "outlast_cancellation",
@@ -59,6 +68,7 @@ __all__ = [
     "read",
     "retry_conflicts",
     "run_write",
+    "schema_advice",
     "shielded",
 ]
 
@@ -67,7 +77,7 @@ _UNSET: Any = object()
 _log = logging.getLogger("lattice.writes")
 
 #: How long one call reruns transactions the server rolled back (deadlock,
-#: lock timeout, certification failure) before it raises the conflict.
+#: certification failure) before it raises the conflict.
 CONFLICT_RETRY_S = 30.0
 #: How often ``retry_conflicts(also=...)`` reruns what ``also`` accepts.
 _WIDENED_RETRIES = 5
@@ -208,12 +218,50 @@ async def retry_conflicts(
         try:
             return await attempt()
         except DBAPIError as exc:
+            check_lock_timeout(exc, "the sessions")
+            check_schema(exc)
             if also is not None and also(exc) and widened < _WIDENED_RETRIES:
                 widened += 1
                 await asyncio.sleep(backoff(widened))
                 continue
             if not await conflicts.rerun(exc):
                 raise
+
+
+def check_lock_timeout(exc: DBAPIError, what: str) -> None:
+    """Raise :class:`LockTimeoutError` if ``exc`` is the server giving up on a lock wait.
+
+    Not retried: a rerun would wait the whole timeout again. Nothing of the
+    write committed (the statement that waited did nothing, and the
+    transaction is rolled back on the way out).
+    """
+    if is_lock_timeout(exc):
+        raise LockTimeoutError(
+            f"{what} stayed locked by another transaction for longer than the lock timeout; "
+            "nothing was written (lattice.engines.limit_lock_waits sets the bound)"
+        ) from exc
+
+
+def schema_advice(exc: DBAPIError) -> str | None:
+    """What to do when ``exc`` says a table or column is not there (else None)."""
+    problem = schema_problem(exc)
+    if problem is None:
+        return None
+    reason = str(exc.orig or exc).strip().splitlines()[0]
+    if problem == "missing":
+        return (
+            f"{reason}; Lattice's tables are not in this database: create them with "
+            "`lattice db upgrade` (or `await lattice.migrations.upgrade(url)`), "
+            "or pass create_tables=True"
+        )
+    return f"{reason}; the tables are older than this Lattice: run `lattice db upgrade`"
+
+
+def check_schema(exc: DBAPIError) -> None:
+    """Raise :class:`SchemaNotReadyError` if ``exc`` says a table or column is not there."""
+    advice = schema_advice(exc)
+    if advice is not None:
+        raise SchemaNotReadyError(advice) from exc
 
 
 async def read(bound: Bound, body: Callable[[Runner], Awaitable[_T]]) -> _T:
@@ -229,6 +277,7 @@ async def read(bound: Bound, body: Callable[[Runner], Awaitable[_T]]) -> _T:
         except DBAPIError as exc:
             # A connection that died while idle in the pool (server restart):
             # the pool is already invalidated, so one more try reconnects.
+            check_schema(exc)
             if attempt == 2 or not exc.connection_invalidated:
                 raise
     raise AssertionError("unreachable")
@@ -249,8 +298,9 @@ async def run_write(
     by itself, so a connection lost once it was sent is treated as a lost
     COMMIT reply.
 
-    * A deadlock, lock timeout or certification failure rolled back by the
-      server: run again (for :data:`CONFLICT_RETRY_S` at most).
+    * A deadlock or certification failure rolled back by the server: run
+      again (for :data:`CONFLICT_RETRY_S` at most).
+    * A lock wait past the lock timeout: :class:`LockTimeoutError`, nothing written.
     * The connection lost before COMMIT was sent: nothing committed, run again once.
     * The connection lost after COMMIT was sent: ask the database, under the
       session's row lock, whether this attempt's token committed. If so, the
@@ -275,6 +325,8 @@ async def run_write(
             await _maybe_prune(bound)
             return result  # type: ignore[no-any-return]
         except DBAPIError as exc:
+            check_lock_timeout(exc, f"session {session_id!r}")
+            check_schema(exc)
             if await conflicts.rerun(exc):
                 continue
             if not exc.connection_invalidated:

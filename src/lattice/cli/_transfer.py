@@ -14,6 +14,8 @@ from typing import IO
 
 from sqlalchemy.exc import DBAPIError
 
+from ..errors import LatticeError
+
 __all__ = ["SideError", "import_source", "on_side"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -23,7 +25,7 @@ _TAIL_BYTES = 4096
 class SideError(Exception):
     """A database error of one side of a copy: ``side`` says which (source or target)."""
 
-    def __init__(self, side: str, cause: DBAPIError | OSError) -> None:
+    def __init__(self, side: str, cause: DBAPIError | OSError | LatticeError) -> None:
         super().__init__(side)
         self.side = side
         self.cause = cause
@@ -31,13 +33,11 @@ class SideError(Exception):
 
 @asynccontextmanager
 async def on_side(side: str) -> AsyncIterator[None]:
-    """Re-raise database and OS errors inside the block as :class:`SideError` of ``side``."""
+    """Re-raise database, Lattice and OS errors in the block as :class:`SideError` of ``side``."""
     try:
         yield
-    except (DBAPIError, OSError) as exc:
+    except (DBAPIError, OSError, LatticeError) as exc:
         raise SideError(side, exc) from exc
-
-
 
 
 def _end_total(handle: IO[bytes]) -> int | None:

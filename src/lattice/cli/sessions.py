@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -32,8 +31,10 @@ from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 
 from .. import urls
+from ..errors import LatticeError
 from ..sdk_parity import count_unreadable
 from ..store import SessionInfo, SessionStore
+from ..writes import schema_advice
 from ._common import EXIT_USAGE, err_console, fail, out_console, usable_url
 from ._options import _check_policy, _filters, parse_duration
 from ._transfer import SideError, import_source, on_side
@@ -76,6 +77,7 @@ _AFTER = typer.Option(None, "--after", metavar="WHEN", help="Last active after (
 _BEFORE = typer.Option(None, "--before", metavar="WHEN", help="Last active before (ISO 8601).")
 _IDS = typer.Argument(None, metavar="SESSION_ID...", help="Session ids to delete.")
 
+
 def register(root: typer.Typer) -> None:
     """Add the ``sessions`` command group to the ``lattice`` command."""
     root.add_typer(app, name="sessions")
@@ -85,13 +87,10 @@ _fail = fail
 
 
 def _database_error(exc: DBAPIError) -> str:
-    reason = str(exc.orig or exc).strip().splitlines()[0]
-    if re.search(r"no such table|relation .* does not exist|doesn't exist", reason, re.I):
-        return f"{reason}; create the tables with `lattice db upgrade`"
-    if re.search(r"no such column|column .* does not exist|unknown column", reason, re.I):
-        # Tables of an older schema (or of the Agents SDK): a migration is due.
-        return f"{reason}; the schema is behind this Lattice: run `lattice db upgrade`"
-    return f"database error: {reason}"
+    # Missing tables, or tables of an older schema (or of the Agents SDK):
+    # the library's own advice (lattice db upgrade).
+    advice = schema_advice(exc)
+    return advice or f"database error: {str(exc.orig or exc).strip().splitlines()[0]}"
 
 
 def _run(url: str | None, work: Callable[[SessionStore], Awaitable[_T]]) -> _T:
@@ -112,6 +111,8 @@ def _run(url: str | None, work: Callable[[SessionStore], Awaitable[_T]]) -> _T:
         raise _fail(str(exc), EXIT_USAGE) from None
     except DBAPIError as exc:
         raise _fail(_database_error(exc)) from None
+    except LatticeError as exc:  # SchemaNotReadyError, LockTimeoutError, ...
+        raise _fail(str(exc)) from None
     except SideError as exc:
         cause = exc.cause
         reason = _database_error(cause) if isinstance(cause, DBAPIError) else str(cause)

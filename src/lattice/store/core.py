@@ -20,7 +20,7 @@ from .. import engines, writes
 from ..dialects import rules, statements
 from ..schema import JOURNAL_DELETE, LatticeTables, utc_now
 
-__all__ = ["StoreCore"]
+__all__ = ["StoreCore", "shielded_rows"]
 
 _T = TypeVar("_T")
 
@@ -32,6 +32,24 @@ def _before_commit(exc: DBAPIError) -> bool:
     transaction have committed, so only then is it not run again.
     """
     return exc.statement is not None
+
+
+async def shielded_rows(conn: AsyncConnection, query: Select[Any]) -> list[Any]:
+    """All rows of ``query``, read to the end even if the caller is cancelled meanwhile.
+
+    A statement interrupted by a cancellation makes SQLAlchemy close its
+    connection, and the one connection of an in-memory SQLite database is
+    the database (the cancellation goes on once the chunk is read).
+    """
+
+    async def fetch() -> list[Any]:
+        try:
+            return list((await conn.execute(query)).all())
+        except DBAPIError as exc:
+            writes.check_schema(exc)
+            raise
+
+    return await writes.shielded(fetch)
 
 
 class StoreCore:
@@ -76,6 +94,7 @@ class StoreCore:
                     async with state.exclusive(), self.engine.connect() as conn:
                         return list((await conn.execute(statement)).all())
                 except DBAPIError as exc:
+                    writes.check_schema(exc)
                     # A pooled connection that died while idle (a server
                     # restart): the pool is invalidated, one more try reconnects.
                     if attempt == 2 or not exc.connection_invalidated:

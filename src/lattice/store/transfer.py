@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import engines, writes
 from ..dialects import rules
 from . import jsonl
-from .core import StoreCore
+from .core import StoreCore, shielded_rows
 from .jsonl import Item
 from .listing import FilterArgs, Filters
 from .model import (
@@ -86,7 +86,7 @@ async def _db_records(
                 if last is not None:
                     query = query.where(s.c.session_id > last)
                 query = query.order_by(s.c.session_id).limit(_SESSION_CHUNK)
-                rows = (await conn.execute(query)).all()
+                rows = await shielded_rows(conn, query)
                 for row in rows:
                     info = SessionInfo.from_row(row)
                     if not filters.matches_metadata(info.metadata):
@@ -97,14 +97,13 @@ async def _db_records(
                     # buffered most of a 16 MB session), one snapshot all the same.
                     after = 0
                     while True:
-                        chunk = (
-                            await conn.execute(
-                                select(m.c.id, m.c.created_at, m.c.message_data)
-                                .where(m.c.session_id == info.session_id, m.c.id > after)
-                                .order_by(m.c.id)
-                                .limit(_ITEM_CHUNK)
-                            )
-                        ).all()
+                        chunk = await shielded_rows(
+                            conn,
+                            select(m.c.id, m.c.created_at, m.c.message_data)
+                            .where(m.c.session_id == info.session_id, m.c.id > after)
+                            .order_by(m.c.id)
+                            .limit(_ITEM_CHUNK),
+                        )
                         if chunk:
                             yield [(r[1], r[2]) for r in chunk]
                             after = chunk[-1][0]
@@ -319,8 +318,11 @@ class _Writer:
             .where(src.c.session_id == info.session_id)
             .order_by(src.c.id)
         )
+        # preserve_rowcount: psycopg reports -1 for INSERT ... SELECT otherwise.
         copied = await self.conn.execute(
-            insert(m).from_select(["session_id", "message_data", "created_at"], rows)
+            insert(m)
+            .from_select(["session_id", "message_data", "created_at"], rows)
+            .execution_options(preserve_rowcount=True)
         )
         await self.conn.execute(
             update(s)
