@@ -299,7 +299,7 @@ def _take_galera_lock(connection: Connection, *, external: bool) -> str:
             held = isinstance(exc, IntegrityError) or is_transient_conflict(exc)
             if external or not held:
                 raise
-            connection.rollback()
+            _roll_back_aborted(connection)
         if time.monotonic() > deadline:
             raise MigrationError(
                 f"another migration has held the lock for {LOCK_TIMEOUT_S} s; try again later "
@@ -310,8 +310,18 @@ def _take_galera_lock(connection: Connection, *, external: bool) -> str:
         pause = min(pause * 2, 1.0)
 
 
+def _roll_back_aborted(connection: Connection) -> None:
+    """Roll back a transaction Galera aborted; the ROLLBACK itself may report the abort (1213)."""
+    try:
+        connection.rollback()
+    except DBAPIError as exc:
+        if not is_transient_conflict(exc):
+            raise
+        connection.rollback()
+
+
 def _release_galera_lock(connection: Connection, holder: str, *, external: bool) -> None:
-    for _ in range(5):
+    for attempt in range(5):
         try:
             connection.execute(
                 text(f"DELETE FROM {GALERA_LOCK_TABLE} WHERE name = :name AND holder = :holder"),
@@ -321,9 +331,10 @@ def _release_galera_lock(connection: Connection, holder: str, *, external: bool)
                 connection.commit()
             return
         except DBAPIError as exc:
-            if external or not is_transient_conflict(exc):
+            if external or not is_transient_conflict(exc) or attempt == 4:
                 raise
-            connection.rollback()
+            _roll_back_aborted(connection)
+            _compat.sleep_in_sync_code(0.05 * (attempt + 1))
 
 
 def _only_the_journal_is_missing(diff: list[Any]) -> bool:
