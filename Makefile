@@ -20,7 +20,7 @@ demo: install
 	$(BIN)/lattice demo
 
 lint: install
-	$(BIN)/ruff check $(wildcard src tests benchmarks migrations)
+	$(BIN)/ruff check $(wildcard src tests benchmarks migrations cluster)
 
 types: install
 	$(BIN)/mypy

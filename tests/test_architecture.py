@@ -26,14 +26,15 @@ LAYERS: list[tuple[str, ...]] = [
     ("lattice.writes",),
     ("lattice.sqlalchemy_session", "lattice.sqlite_session", "lattice.openai_conversations",
      "lattice.compaction", "lattice.routing"),
-    ("lattice.store", "lattice.migrations", "lattice._migration_env", "lattice.maintenance"),
+    ("lattice.store", "lattice.migrations", "lattice._migration_env", "lattice._partitioning",
+     "lattice.maintenance"),
     ("lattice.integrations",),
     ("lattice.cli",),
     ("lattice", "lattice.testing"),
 ]
 # Where "is it MySQL / PostgreSQL / asyncpg?" may be asked.
 NAME_TESTS_ALLOWED = ("lattice.schema", "lattice.dialects", "lattice.engines", "lattice.drivers",
-                      "lattice._migration_env", "lattice.urls")
+                      "lattice._migration_env", "lattice._partitioning", "lattice.urls")
 
 
 def _modules() -> dict[str, Path]:

@@ -27,7 +27,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lattice import SQLAlchemySession
+from lattice import SQLAlchemySession, writes
 from lattice.errors import WriteOutcomeUnknownError
 from lattice.schema import LatticeTables
 from tests.conftest import SERVER_URLS
@@ -298,9 +298,14 @@ async def test_add_items_whose_commit_reply_is_lost_is_not_duplicated(
 
 @pytest.mark.parametrize("server_down", [False, True], ids=["reachable", "down"])
 async def test_pop_item_whose_commit_reply_is_lost_hands_over_the_item(
-    proxied: tuple[Proxy, AsyncEngine, LatticeTables], admin: AsyncEngine, server_down: bool
+    proxied: tuple[Proxy, AsyncEngine, LatticeTables],
+    admin: AsyncEngine,
+    server_down: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Reachable: the token check says it committed. Down: the error carries the item."""
+    # A server that stays down is asked for OUTCOME_WAIT_S (10 s) before the error.
+    monkeypatch.setattr(writes, "OUTCOME_WAIT_S", 0.5)
     proxy, eng, tables = proxied
     session = session_on(eng, tables, _sid())
     items = _batch("pop", 3)

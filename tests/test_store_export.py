@@ -80,6 +80,23 @@ async def test_round_trip_is_exact(store: SessionStore, engine: AsyncEngine) -> 
         assert [i.session_id for i in await other.list_sessions(owner="ann")] == ["s1"]
 
 
+async def test_copy_within_one_database_keeps_exact_counts(
+    store: SessionStore, engine: AsyncEngine
+) -> None:
+    # Same engine: the copy is INSERT ... SELECT, counted from its rowcount
+    # (which psycopg reported as -1 unless SQLAlchemy was asked to keep it).
+    await fill(store)
+    async with extra_tables(engine) as other_tables:
+        other = store_on(engine, other_tables)
+        result = await store.copy_to(other, on_conflict="skip")
+        assert (result.created, result.items) == (3, 11)
+        await assert_same(store, other, ["s1", "s2", "empty"])
+        appended = await store.copy_to(other, on_conflict="append", prefix="s2")
+        assert appended.items == 7
+        info = await other.get_info("s2")
+        assert info is not None and info.item_count == 14
+
+
 async def test_conflict_policies(store: SessionStore, tmp_path: Path) -> None:
     await fill(store)
     dump = tmp_path / "dump.jsonl"

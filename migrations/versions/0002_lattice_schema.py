@@ -122,6 +122,15 @@ def _pg_sequence() -> str:
     return str(name.scalar_one())
 
 
+def _partitioned() -> bool:
+    if op.get_context().as_sql or op.get_context().dialect.name != "postgresql":
+        return False
+    found = op.get_bind().execute(
+        sa.text(f"SELECT 1 FROM pg_partitioned_table WHERE partrelid = to_regclass('{MESSAGES}')")
+    )
+    return found.first() is not None
+
+
 def _refuse_sqlite_foreign_keys() -> None:
     if op.get_context().as_sql:
         return
@@ -243,7 +252,13 @@ def downgrade() -> None:
         op.execute("SET @lattice_time_zone = @@session.time_zone")
         op.execute("SET time_zone = '+00:00'")
     op.drop_constraint(FK, MESSAGES, type_="foreignkey")
-    op.drop_index(INDEX, table_name=MESSAGES)
+    if _partitioned():
+        # Partitioned by `lattice db upgrade --partitions`: the table keeps its
+        # layout (primary key (session_id, id), no separate index) and its
+        # partition key's type, VARCHAR(255), which the SDK reads as well.
+        changes = [c for c in changes if c[:2] != (MESSAGES, "session_id")]
+    else:
+        op.drop_index(INDEX, table_name=MESSAGES)
     for column in _new_columns():
         op.drop_column(SESSIONS, column.name)
     for table, column, old, new in changes:

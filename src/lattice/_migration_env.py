@@ -22,6 +22,9 @@ Alembic history lives here:
   keys on, dropping the old sessions table would cascade into the messages,
   so the pragma is switched off for the run and restored afterwards.
 * Each revision commits on its own (``transaction_per_migration``).
+* ``--partitions N`` (PostgreSQL): checked before any revision runs, applied
+  once the database is at the head (:mod:`lattice._partitioning`). A
+  partitioned database is compared with :data:`lattice.schema.partitioned_metadata`.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from . import _compat, schema
+from . import _compat, _partitioning, schema
 from .dialects import GALERA_PROBE, galera_from, is_transient_conflict
 from .engines import make_engine, normalize_url
 from .errors import LatticeError
@@ -86,6 +89,7 @@ _NOW_MS = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)"
 ATTR_CONNECTION = "connection"
 ATTR_ADOPT = "lattice_adopt"
 ATTR_PROGRESS = "lattice_progress"
+ATTR_PARTITIONS = "lattice_partitions"
 
 
 class MigrationError(LatticeError):
@@ -118,9 +122,18 @@ def _progress(context: EnvironmentContext) -> Callable[[str], None] | None:
     return progress
 
 
-def _options(context: EnvironmentContext, dialect_name: str) -> dict[str, Any]:
+def target_metadata(connection: Connection | None) -> Any:
+    """The ``MetaData`` the database should match: partitioned or not."""
+    if connection is not None and _partitioning.partition_count(connection):
+        return schema.partitioned_metadata
+    return schema.metadata
+
+
+def _options(
+    context: EnvironmentContext, dialect_name: str, connection: Connection | None = None
+) -> dict[str, Any]:
     options: dict[str, Any] = {
-        "target_metadata": schema.metadata,
+        "target_metadata": target_metadata(connection),
         "version_table": VERSION_TABLE,
         "include_name": include_name,
         "transaction_per_migration": True,
@@ -182,14 +195,35 @@ def run_on_connection(context: EnvironmentContext, connection: Connection) -> No
     # A connection already in a transaction belongs to a caller who will
     # commit it: everything then runs inside that transaction.
     external = connection.in_transaction()
-    with _exclusive(connection, external=external):
-        context.configure(connection=connection, **_options(context, connection.dialect.name))
+    partitions: int | None = context.config.attributes.get(ATTR_PARTITIONS)
+    with _exclusive(connection, external=external), _partitioning_errors():
+        if partitions is not None:
+            # Before anything changes: nothing half-done when it is refused.
+            _partitioning.refuse_unless_possible(connection, partitions)
+        options = _options(context, connection.dialect.name, connection)
+        if not external and connection.in_transaction():
+            # The probes' transaction: Alembic must find none, or it would
+            # take the revisions for the caller's to commit.
+            connection.commit()
+        context.configure(connection=connection, **options)
         if context.config.attributes.get(ATTR_ADOPT):
             _adopt_existing_tables(context, connection)
             if not external:
                 connection.commit()
         with context.begin_transaction():
             context.run_migrations()
+        if partitions is not None:
+            _partitioning.partition_messages(connection, partitions, _progress(context))
+            if not external:
+                connection.commit()
+
+
+@contextmanager
+def _partitioning_errors() -> Iterator[None]:
+    try:
+        yield
+    except _partitioning.PartitioningError as exc:
+        raise MigrationError(str(exc)) from exc
 
 
 @contextmanager
@@ -375,7 +409,7 @@ def _adopt_existing_tables(context: EnvironmentContext, connection: Connection) 
     if "item_count" not in columns:
         revision = script.get_base() or "base"
         what = "the OpenAI Agents SDK's tables"
-    elif not (diff := compare_metadata(migration, schema.metadata)):
+    elif not (diff := compare_metadata(migration, target_metadata(connection))):
         revision = "heads"
         what = "tables made by create_tables=True"
     elif _only_the_journal_is_missing(diff):

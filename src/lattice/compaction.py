@@ -146,7 +146,7 @@ async def compaction_snapshot(
             await run.count(entry.stmt, entry.params)
             for _ in range(drop):
                 newest = await run.rows(Stmt.SELECT_NEWEST, {"sid": session_id})
-                await run.count(Stmt.DELETE_BY_ID, {"mid": newest[0][0]})
+                await run.count(Stmt.DELETE_BY_ID, {"sid": session_id, "mid": newest[0][0]})
             if new:
                 rows = [{"sid": session_id, "data": text, "now": now} for text in new]
                 await run.many(Stmt.INSERT_MESSAGE, rows)

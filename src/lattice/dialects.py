@@ -257,7 +257,7 @@ def _statements(tables: LatticeTables, dialect_name: str, dialect: Dialect) -> S
     # the session row lock taken first keeps that pair atomic for other writers.
     if rules(dialect).delete_returning:
         delete_newest_returning = (
-            delete(m).where(m.c.id == newest_id).returning(m.c.id, m.c.message_data)
+            delete(m).where(its_messages, m.c.id == newest_id).returning(m.c.id, m.c.message_data)
         )
     return Statements(
         upsert_session=_upsert_session(tables, dialect),
@@ -300,7 +300,9 @@ def _statements(tables: LatticeTables, dialect_name: str, dialect: Dialect) -> S
             select(m.c.id, m.c.message_data).where(its_messages).order_by(m.c.id.desc()).limit(1)
         ),
         delete_newest_returning=delete_newest_returning,
-        delete_by_id=delete(m).where(m.c.id == bindparam("mid")),
+        # By session too: on a table hash-partitioned by session (where the key
+        # is (session_id, id)) that is what prunes the DELETE to one partition.
+        delete_by_id=delete(m).where(its_messages, m.c.id == bindparam("mid")),
         delete_all=delete(m).where(its_messages),
         read_tokens=select(s.c.write_tokens).where(this_session).with_for_update(),
         journal_write=j.insert().values(

@@ -41,10 +41,11 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from . import _compat, urls
+from . import _compat, _partitioning, urls
 from ._migration_env import (
     ATTR_ADOPT,
     ATTR_CONNECTION,
+    ATTR_PARTITIONS,
     ATTR_PROGRESS,
     LATTICE_TABLES,
     URL_ENV_VAR,
@@ -222,8 +223,18 @@ async def _run(target: Target, action: Callable[[Config], None], **attributes: A
         await conn.run_sync(run)
 
 
+def _dialect_name(target: Target) -> str:
+    if isinstance(target, (AsyncEngine, AsyncConnection)):
+        return target.dialect.name
+    return normalize_url(target).get_backend_name()
+
+
 async def upgrade(
-    target: Target, revision: str = "head", *, progress: Progress | None = None
+    target: Target,
+    revision: str = "head",
+    *,
+    progress: Progress | None = None,
+    partitions: int | None = None,
 ) -> None:
     """Upgrade the database to ``revision`` (default: the newest).
 
@@ -235,15 +246,31 @@ async def upgrade(
         target: URL, engine or connection.
         revision: Where to go: ``head``, a revision id, or ``+1``.
         progress: Called with a line of text as each revision is applied.
+        partitions: PostgreSQL only: make ``agent_messages`` hash-partitioned
+            by ``session_id`` into this many partitions (1 to
+            :data:`lattice._partitioning.MAX_PARTITIONS`), primary key
+            ``(session_id, id)``. Only at the head, and only while the
+            messages table is empty or new (docs/partitioning.md).
 
     Raises:
+        ValueError: ``partitions`` is not a sane count, the database is not
+            PostgreSQL, or ``revision`` is not the head.
         DatabaseUnavailableError: the database cannot be reached.
-        MigrationError: unknown revision, or tables that match no revision.
+        MigrationError: unknown revision, tables that match no revision, or
+            a messages table that cannot be partitioned (it holds items, or
+            has another number of partitions).
     """
+    if partitions is not None:
+        _partitioning.check_partitions(partitions)
+        _partitioning.check_backend(_dialect_name(target))
+        if revision not in ("head", "heads"):
+            raise ValueError(
+                f"partitions make the head revision's layout: upgrade to head, not {revision!r}"
+            )
     await _run(
         target,
         lambda config: command.upgrade(config, revision),
-        **{ATTR_ADOPT: True, ATTR_PROGRESS: progress},
+        **{ATTR_ADOPT: True, ATTR_PROGRESS: progress, ATTR_PARTITIONS: partitions},
     )
 
 

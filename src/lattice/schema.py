@@ -21,6 +21,15 @@ adopted in place):
     One row per item, ordered by ``id``, a 64-bit key that only grows. The
     index ``(session_id, id)`` serves both "the latest N of a session" and
     "the newest one" in O(log n + N) however many rows the table holds.
+
+The partitioned variant (``lattice db upgrade --partitions N``, PostgreSQL
+only; see ``lattice._partitioning``) differs in the messages table alone: it
+is ``PARTITION BY HASH (session_id)``, its primary key is ``(session_id,
+id)`` (PostgreSQL requires the partition key in every unique constraint) and
+that key's index replaces ``(session_id, id)``. ``id`` is still one
+``BIGSERIAL`` sequence shared by every partition. Sessions use the same
+statements on either layout (``lattice_tables(..., partitioned=True)`` is
+what migrations compare a partitioned database with).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -48,6 +58,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.schema import SchemaItem
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeEngine
@@ -73,6 +84,7 @@ __all__ = [
     "lattice_tables",
     "metadata",
     "object_name",
+    "partitioned_metadata",
     "utc_now",
 ]
 
@@ -281,8 +293,14 @@ def _check_table_name(name: str, what: str) -> None:
 def lattice_tables(
     sessions_table: str = DEFAULT_SESSIONS_TABLE,
     messages_table: str = DEFAULT_MESSAGES_TABLE,
+    *,
+    partitioned: bool = False,
 ) -> LatticeTables:
-    """Return the tables for the given names (built once per pair of names)."""
+    """Return the tables for the given names (built once per pair of names).
+
+    ``partitioned``: the PostgreSQL layout hash-partitioned by session (see
+    the module doc); the partitions themselves are not in the ``MetaData``.
+    """
     _check_table_name(sessions_table, "sessions_table")
     _check_table_name(messages_table, "messages_table")
     if messages_table in (sessions_table, journal_table_name(sessions_table)):
@@ -312,10 +330,20 @@ def lattice_tables(
         Index(object_name("ix", sessions_table, "owner"), "owner", "updated_at", "session_id"),
         **_MYSQL_TABLE_OPTIONS,
     )
+    # Unpartitioned: ``id`` alone is the key and (session_id, id) an index.
+    # Partitioned: (session_id, id) is the key, whose index serves the same reads.
+    keys: list[SchemaItem] = (
+        [PrimaryKeyConstraint("session_id", "id", name=f"{messages_table}_pkey")]
+        if partitioned
+        else [Index(object_name("ix", messages_table, "session_id_id"), "session_id", "id")]
+    )
+    partitioning: dict[str, Any] = (
+        {"postgresql_partition_by": "HASH (session_id)"} if partitioned else {}
+    )
     messages = Table(
         messages_table,
         meta,
-        Column("id", _ORDER_KEY, primary_key=True, autoincrement=True),
+        Column("id", _ORDER_KEY, primary_key=not partitioned, autoincrement=True),
         Column(
             "session_id",
             SessionId(),
@@ -328,8 +356,9 @@ def lattice_tables(
         ),
         Column("message_data", _PAYLOAD, nullable=False),
         Column("created_at", UtcDateTime(), nullable=False, server_default=CurrentTimestamp()),
-        Index(object_name("ix", messages_table, "session_id_id"), "session_id", "id"),
+        *keys,
         sqlite_autoincrement=True,
+        **partitioning,
         **_MYSQL_TABLE_OPTIONS,
     )
     journal_name = journal_table_name(sessions_table)
@@ -357,3 +386,5 @@ def lattice_tables(
 
 #: The default tables' ``MetaData``: what migrations and autogenerate compare against.
 metadata = lattice_tables().metadata
+#: The same, for a database upgraded with ``--partitions`` (PostgreSQL).
+partitioned_metadata = lattice_tables(partitioned=True).metadata

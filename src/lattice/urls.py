@@ -181,7 +181,10 @@ def connect_options(url: URL, engine_kwargs: dict[str, Any]) -> tuple[URL, dict[
     which fills only what the URL does not set), and ``connect_timeout``
     becomes asyncpg's ``timeout``. For aiomysql, which takes only an
     ``ssl.SSLContext``, ``ssl_ca``/``ssl_capath``/``ssl_cert``/``ssl_key``/
-    ``ssl_check_hostname`` become one. Other URLs are returned as given.
+    ``ssl_check_hostname`` become one. asyncpg's ``statement_cache_size=0``
+    and psycopg's ``prepare_threshold=none`` (behind PgBouncer in transaction
+    mode) become driver arguments, the first with SQLAlchemy's statements
+    unnamed. Other URLs are returned as given.
 
     Raises:
         UrlError: a libpq parameter asyncpg cannot honour, or a bad value.
@@ -189,11 +192,18 @@ def connect_options(url: URL, engine_kwargs: dict[str, Any]) -> tuple[URL, dict[
     kwargs = dict(engine_kwargs)
     if url.get_driver_name() == "aiomysql":
         return _mysql_tls(url, kwargs)
+    if url.get_driver_name() == "psycopg":
+        return _psycopg_prepare(url, kwargs)
     if url.get_driver_name() != "asyncpg":
         return url, kwargs
+    url, kwargs = _asyncpg_statements(url, kwargs)
     libpq: dict[str, str] = {}
     connect_args: dict[str, Any] = {}
     for key, value in url.query.items():
+        if key == "host":
+            # ?host=a:5432&host=b:5432 lists the servers to try in turn (a
+            # primary and its standbys): SQLAlchemy hands the list to asyncpg.
+            continue
         if not isinstance(value, str):
             raise UrlError(f"{key} is given more than once in {shown(url)}")
         if key in _UNSUPPORTED_LIBPQ:
@@ -215,6 +225,58 @@ def connect_options(url: URL, engine_kwargs: dict[str, Any]) -> tuple[URL, dict[
     url = url.difference_update_query(moved)
     kwargs["connect_args"] = {**connect_args, **(kwargs.get("connect_args") or {})}
     return url, kwargs
+
+
+def _unnamed_statement() -> str:
+    """The name SQLAlchemy's asyncpg adapter gives its statements: none (unnamed)."""
+    return ""
+
+
+def _count(value: Any, key: str, url: URL) -> int:
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise UrlError(f"{key}={value}: give a whole number, e.g. {key}=0 ({shown(url)})")
+
+
+def _asyncpg_statements(url: URL, kwargs: dict[str, Any]) -> tuple[URL, dict[str, Any]]:
+    """``statement_cache_size=0`` (for a pooler in transaction mode) made whole.
+
+    asyncpg's own setting turns its statement cache off: each statement is
+    then unnamed, and parsed again in the same exchange as each execution, so
+    a pooler in transaction mode (PgBouncer) can hand every statement to any
+    server connection. SQLAlchemy's adapter prepares statements itself, by
+    name unless told otherwise: its names are made empty (unnamed) here. Its
+    cache of statements may stay on, as asyncpg parses a cached unnamed
+    statement again each time. Given in the URL, the value also becomes the
+    int asyncpg wants.
+    """
+    connect_args = dict(kwargs.get("connect_args") or {})
+    if "statement_cache_size" in url.query:
+        value = url.query["statement_cache_size"]
+        connect_args.setdefault("statement_cache_size", _count(value, "statement_cache_size", url))
+        url = url.difference_update_query(["statement_cache_size"])
+        kwargs["connect_args"] = connect_args
+    if connect_args.get("statement_cache_size") == 0:
+        connect_args.setdefault("prepared_statement_name_func", _unnamed_statement)
+        kwargs["connect_args"] = connect_args
+    return url, kwargs
+
+
+def _psycopg_prepare(url: URL, kwargs: dict[str, Any]) -> tuple[URL, dict[str, Any]]:
+    """psycopg's ``prepare_threshold`` from the URL (``none``: never prepare, for a pooler)."""
+    if "prepare_threshold" not in url.query:
+        return url, kwargs
+    value = url.query["prepare_threshold"]
+    threshold: int | None
+    if isinstance(value, str) and value.lower() == "none":
+        threshold = None
+    else:
+        threshold = _count(value, "prepare_threshold", url)
+    connect_args = {"prepare_threshold": threshold, **(kwargs.get("connect_args") or {})}
+    kwargs["connect_args"] = connect_args
+    return url.difference_update_query(["prepare_threshold"]), kwargs
 
 
 def _seconds(value: str, url: URL) -> float:

@@ -25,7 +25,10 @@ One module so there is one answer to each of these questions:
   answer is exact. Lattice trusts a missing row only within
   :data:`JOURNAL_TRUST_S` of the write's start; past it, or when the
   database cannot be asked, :class:`~lattice.errors.WriteOutcomeUnknownError`
-  carries what the write had produced rather than a guess.
+  carries what the write had produced rather than a guess. A database that
+  cannot be reached is asked again for up to :data:`OUTCOME_WAIT_S` (a
+  failover: the standby is being promoted, and the journal on the new
+  primary answers, since a synchronous standby has every acknowledged commit).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ __all__ = [
     "CONFLICT_RETRY_S",
     "JOURNAL_TRUST_S",
     "JOURNAL_WINDOW_S",
+    "OUTCOME_WAIT_S",
     "Bound",
     "backoff",
     "check_lock_timeout",
@@ -91,6 +95,9 @@ JOURNAL_WINDOW_S = 3600
 JOURNAL_TRUST_S = 600
 #: Every this many writes on an engine, one prunes the journal (the first one too).
 JOURNAL_PRUNE_EVERY = 512
+#: How long a lost write's outcome is asked for while the database cannot be
+#: reached (a restart, a failover to a standby) before WriteOutcomeUnknownError.
+OUTCOME_WAIT_S = 10.0
 
 
 def backoff(attempt: int) -> float:
@@ -336,7 +343,7 @@ async def run_write(
                 result = attempt.if_committed
             if result is not _UNSET or (attempt is not None and attempt.maybe_committed):
                 try:
-                    committed = await token_committed(bound, session_id, token)
+                    committed = await _ask_outcome(bound, session_id, token)
                     if not committed and time.monotonic() - started > JOURNAL_TRUST_S:
                         raise LookupError(
                             f"the write began over {JOURNAL_TRUST_S} s ago: the journal "
@@ -358,6 +365,26 @@ async def run_write(
             if lost_connection_retries == 0:
                 raise
             lost_connection_retries -= 1
+
+
+async def _ask_outcome(bound: Bound, session_id: str, token: str) -> bool:
+    """:func:`token_committed`, asked again while it fails, for up to :data:`OUTCOME_WAIT_S`.
+
+    Any failure, not only a refused connection: during a failover the old
+    primary resets connections, the standby answers "read-only" or "shutting
+    down" until it is promoted, and asyncpg raises plain ``OSError`` for some
+    of these. The last failure is raised once the time is up.
+    """
+    deadline = time.monotonic() + OUTCOME_WAIT_S
+    pause = 0.05
+    while True:
+        try:
+            return await token_committed(bound, session_id, token)
+        except Exception:
+            if time.monotonic() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 1.0)
 
 
 async def token_committed(bound: Bound, session_id: str, token: str) -> bool:

@@ -15,9 +15,10 @@ from collections.abc import Coroutine
 from typing import Any, NoReturn, TypeVar
 
 import typer
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import maintenance, migrations, urls
+from .. import _partitioning, maintenance, migrations, urls
 from ._common import EXIT_FAILED, EXIT_USAGE, fail, usable_url
 
 __all__ = ["EXIT_BEHIND", "EXIT_FAILED", "EXIT_USAGE", "db_app", "register"]
@@ -98,9 +99,18 @@ def _migrate(
     from_revision: str | None,
     *,
     yes: bool,
+    partitions: int | None = None,
 ) -> None:
     # A downgrade needs the database to exist; an upgrade may create a SQLite file.
     url = _require_url(url, exists=not up and not sql)
+    if partitions is not None:
+        if sql:
+            _fail("--partitions works on a database, not with --sql", EXIT_USAGE)
+        try:
+            _partitioning.check_partitions(partitions)
+            _partitioning.check_backend(make_url(url).get_backend_name())
+        except ValueError as exc:
+            _fail(str(exc), EXIT_USAGE)
     if sql:
         if up:
             script = migrations.upgrade_sql(url, revision, from_revision=from_revision)
@@ -113,8 +123,10 @@ def _migrate(
     if not up and not yes:
         _confirm_downgrade(url, revision)
     typer.echo(f"{'Upgrading' if up else 'Downgrading'} {_shown(url)} to {revision}")
-    step = migrations.upgrade if up else migrations.downgrade
-    _run(step(url, revision, progress=_progress))
+    if up:
+        _run(migrations.upgrade(url, revision, progress=_progress, partitions=partitions))
+    else:
+        _run(migrations.downgrade(url, revision, progress=_progress))
     typer.echo(f"At revision {_run(migrations.current(url)) or 'none'}.")
 
 
@@ -140,13 +152,22 @@ def upgrade(
     url: str | None = URL_OPTION,
     sql: bool = SQL_OPTION,
     from_revision: str | None = FROM_OPTION,
+    partitions: int | None = typer.Option(
+        None,
+        "--partitions",
+        metavar="N",
+        help=(
+            "PostgreSQL: hash-partition agent_messages by session_id into N partitions "
+            "(new or empty table only; see docs/partitioning.md)."
+        ),
+    ),
 ) -> None:
     """Upgrade the database to the newest schema (or to REVISION).
 
     Tables made by the OpenAI Agents SDK, or by create_tables=True, are
     recognised and upgraded in place.
     """
-    _migrate(True, url, revision, sql, from_revision, yes=True)
+    _migrate(True, url, revision, sql, from_revision, yes=True, partitions=partitions)
 
 
 @db_app.command()

@@ -61,6 +61,13 @@ _URL = typer.Option(
     help=f"Database URL (default: ${URL_ENV_VAR}).",
     show_default=False,
 )
+_READ_URL = typer.Option(
+    None,
+    "--read-url",
+    metavar="URL",
+    help="A read replica of the database (a hot standby) to read the catalogue from.",
+    show_default=False,
+)
 _JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
 _PREFIX = typer.Option(
     None, "--prefix", metavar="TEXT", help="Only session ids starting with this text."
@@ -93,12 +100,21 @@ def _database_error(exc: DBAPIError) -> str:
     return advice or f"database error: {str(exc.orig or exc).strip().splitlines()[0]}"
 
 
-def _run(url: str | None, work: Callable[[SessionStore], Awaitable[_T]]) -> _T:
-    """Open a store on ``url``, run ``work`` on it, close it; turn failures into exit codes."""
+def _run(
+    url: str | None,
+    work: Callable[[SessionStore], Awaitable[_T]],
+    read_url: str | None = None,
+) -> _T:
+    """Open a store on ``url``, run ``work`` on it, close it; turn failures into exit codes.
+
+    ``read_url``: a replica the store reads its catalogue and exports from.
+    """
     url = usable_url(url, env_var=URL_ENV_VAR, exists=True)
+    if read_url is not None:
+        read_url = usable_url(read_url, env_var=URL_ENV_VAR, option="--read-url", exists=True)
 
     async def main() -> _T:
-        async with SessionStore.from_url(url) as store:
+        async with SessionStore.from_url(url, read_url=read_url) as store:
             return await work(store)
 
     try:
@@ -171,6 +187,7 @@ def _sessions_table(sessions: list[SessionInfo]) -> Table:
 @app.command("list")
 def list_command(
     url: str | None = _URL,
+    read_url: str | None = _READ_URL,
     prefix: str | None = _PREFIX,
     owner: str | None = _OWNER,
     meta: list[str] | None = _META,
@@ -186,7 +203,9 @@ def list_command(
 ) -> None:
     """List sessions, newest activity first, a page at a time."""
     filters = _filters(prefix, owner, meta, after, before)
-    page = _run(url, lambda store: store.list_sessions(limit=limit, cursor=cursor, **filters))
+    page = _run(
+        url, lambda store: store.list_sessions(limit=limit, cursor=cursor, **filters), read_url
+    )
     if as_json:
         _print_json(
             {"sessions": [i.to_dict() for i in page.sessions], "next_cursor": page.next_cursor}
@@ -204,6 +223,7 @@ def list_command(
 def show_command(
     session_id: str = typer.Argument(..., metavar="SESSION_ID", help="The session id."),
     url: str | None = _URL,
+    read_url: str | None = _READ_URL,
     items: int = typer.Option(
         20, "--items", metavar="N", min=0, help="How many of the latest items."
     ),
@@ -223,7 +243,7 @@ def show_command(
         unreadable = box[0]
         return info, cast("list[dict[str, Any]]", latest)
 
-    info, latest = _run(url, work)
+    info, latest = _run(url, work, read_url)
     if info is None:
         if as_json:
             _print_json(None)  # scripts read null; the exit status is 1
@@ -256,6 +276,7 @@ def export_command(
         "-", metavar="FILE", help="File to write, or - for standard output."
     ),
     url: str | None = _URL,
+    read_url: str | None = _READ_URL,
     prefix: str | None = _PREFIX,
     owner: str | None = _OWNER,
     meta: list[str] | None = _META,
@@ -272,7 +293,7 @@ def export_command(
             target: Any = sys.stdout if output == "-" else output
             return await store.export_jsonl(target, progress=step, **filters)
 
-    result = _run(url, work)
+    result = _run(url, work, read_url)
     summary = {"sessions": result.sessions, "items": result.items}
     if as_json and output != "-":
         _print_json(summary)

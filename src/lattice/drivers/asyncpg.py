@@ -102,6 +102,9 @@ def _pop_in_one(tables: LatticeTables, dialect: Dialect, lock: Compiled) -> Comp
     does nothing, ``fresh`` is false, and the caller deletes in a second
     statement, which has a snapshot of its own.
 
+    The ``DELETE`` names the session as well as the id: on a table
+    hash-partitioned by session that prunes it to the session's partition.
+
     Lock order: the ``DELETE`` of ``gone`` evaluates ``(SELECT prev FROM
     locked)`` in its condition before it locks the message row, so the
     session row is locked first, as ``clear_session`` and appends do.
@@ -120,7 +123,8 @@ def _pop_in_one(tables: LatticeTables, dialect: Dialect, lock: Compiled) -> Comp
         f"write_tokens = $3 || substr(write_tokens, 1, {kept}) WHERE session_id = $1 "
         f"RETURNING session_id, substr(write_tokens, {width + 1}, {width}) AS prev), "
         f"{_journal_cte(tables, dialect, 3, 'locked')}, "
-        f"gone AS (DELETE FROM {m} WHERE id = (SELECT id FROM {m} WHERE session_id = $1 "
+        f"gone AS (DELETE FROM {m} WHERE session_id = $1 AND id = (SELECT id FROM {m} "
+        "WHERE session_id = $1 "
         "ORDER BY id DESC LIMIT 1) AND (SELECT prev FROM locked) = (SELECT front FROM snap) "
         "RETURNING id, message_data) "
         "SELECT (SELECT count(*) FROM locked), "

@@ -141,7 +141,9 @@ class Operations:
         popped = Popped(int(rows[0][0]), rows[0][1], token)
         check(popped.text)
         run.if_committed = popped
-        await run.steps([Step(StepKind.COUNT, Stmt.DELETE_BY_ID, {"mid": popped.message_id})])
+        await run.steps(
+            [Step(StepKind.COUNT, Stmt.DELETE_BY_ID, {"sid": session_id, "mid": popped.message_id})]
+        )
         return popped
 
     async def clear(self, run: Runner, session_id: str, token: str) -> None:

@@ -20,6 +20,12 @@ Engine ownership:
 
 Sessions from :meth:`SessionStore.session` run on the store's engine; they
 stop working once a store that owns its engine is closed.
+
+A read replica (``read_engine=`` / ``read_url=``) answers listing, counting,
+:meth:`SessionStore.get_info` and export; a read engine passed in is the
+caller's, one made from ``read_url`` is disposed by :meth:`SessionStore.close`.
+Sessions, every write, retention and the reads writes depend on stay on the
+primary engine (docs/scale.md says why).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import engines, urls
+from ..dialects import rules
 from ..items import DEFAULT_MAX_ITEM_BYTES, check_session_id
 from ..schema import (
     DEFAULT_MESSAGES_TABLE,
@@ -91,6 +98,9 @@ class SessionStore:
         sessions_table: Name of the sessions table.
         messages_table: Name of the messages table.
         max_item_bytes: Largest item the store's sessions (and imports) accept.
+        read_engine: An ``AsyncEngine`` on a replica of the same database, for
+            listing, counting, ``get_info`` and export; the caller's, never
+            disposed. Sessions and writes always use ``engine``.
     """
 
     def __init__(
@@ -101,13 +111,23 @@ class SessionStore:
         sessions_table: str = DEFAULT_SESSIONS_TABLE,
         messages_table: str = DEFAULT_MESSAGES_TABLE,
         max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
+        read_engine: AsyncEngine | None = None,
     ) -> None:
         engines.check_engine(engine, "SessionStore")
+        if read_engine is not None:
+            engines.check_engine(read_engine, "SessionStore")
+            kind, read_kind = rules(engine.dialect).name, rules(read_engine.dialect).name
+            if read_kind != kind:
+                raise ValueError(
+                    "read_engine must be a replica of the same database: "
+                    f"a {kind} engine's replica is not {read_kind}"
+                )
         self._core = StoreCore(
             engine,
             lattice_tables(sessions_table, messages_table),
             create_tables=create_tables,
             max_item_bytes=_check_positive(max_item_bytes, "max_item_bytes"),
+            read_engine=read_engine,
         )
 
     @classmethod
@@ -120,6 +140,7 @@ class SessionStore:
         messages_table: str = DEFAULT_MESSAGES_TABLE,
         max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
         engine_kwargs: dict[str, Any] | None = None,
+        read_url: str | None = None,
         **engine_options: Any,
     ) -> SessionStore:
         """Make a store on a new engine of its own for ``url``.
@@ -129,17 +150,25 @@ class SessionStore:
         are mapped to the async drivers. Options for ``create_async_engine``
         go in ``engine_kwargs={...}``, as for ``SQLAlchemySession.from_url``,
         or as keywords (``pool_size=5``).
+
+        ``read_url`` names a replica of the same database (a hot standby):
+        listing, counting, ``get_info`` and export read there, on an engine
+        made with the same options and disposed by :meth:`close` too.
         """
         # Both spellings, so the two from_url methods take the same arguments.
         options = {**(engine_kwargs or {}), **engine_options}
+        engine = engines.make_engine(url, **options)
+        read_engine = None if read_url is None else engines.make_engine(read_url, **options)
         store = cls(
-            engines.make_engine(url, **options),
+            engine,
             create_tables=create_tables,
             sessions_table=sessions_table,
             messages_table=messages_table,
             max_item_bytes=max_item_bytes,
+            read_engine=read_engine,
         )
         store._core.owns_engine = True
+        store._core.owns_read_engine = read_engine is not None
         return store
 
     @property
@@ -148,14 +177,24 @@ class SessionStore:
         return self._core.engine
 
     @property
+    def read_engine(self) -> AsyncEngine:
+        """The engine catalogue reads and export use: the replica's, else :attr:`engine`."""
+        return self._core.read_engine
+
+    @property
     def tables(self) -> LatticeTables:
         """The store's tables."""
         return self._core.tables
 
     async def close(self) -> None:
-        """Dispose of the engine if the store made it; an engine passed in is left alone."""
-        if self._core.owns_engine:
-            await self._core.engine.dispose()
+        """Dispose of the engines the store made; engines passed in are left alone."""
+        core = self._core
+        try:
+            if core.owns_read_engine:
+                await core.read_engine.dispose()
+        finally:
+            if core.owns_engine:
+                await core.engine.dispose()
 
     async def __aenter__(self) -> SessionStore:
         return self
@@ -222,7 +261,8 @@ class SessionStore:
         No connection is held between chunks, so the caller may write while
         iterating. The filters are those of :meth:`list_sessions`.
         """
-        async for info in walk(self._core, Filters.make(**filters), newest_first=newest_first):
+        filters_ = Filters.make(**filters)
+        async for info in walk(self._core, filters_, newest_first=newest_first, replica=True):
             yield info
 
     async def list_sessions(
@@ -266,7 +306,9 @@ class SessionStore:
         start = None if cursor is None else decode_cursor(cursor)
         chunk = limit + 1 if not filters.metadata else max(limit + 1, WALK_CHUNK)
         found: list[SessionInfo] = []
-        async for info in walk(self._core, filters, newest_first=True, start=start, chunk=chunk):
+        async for info in walk(
+            self._core, filters, newest_first=True, start=start, chunk=chunk, replica=True
+        ):
             found.append(info)
             if len(found) > limit:
                 break
@@ -284,7 +326,7 @@ class SessionStore:
         filters = Filters.make(**filter_args)
         if filters.metadata:
             sessions = items = 0
-            async for info in walk(self._core, filters, newest_first=True):
+            async for info in walk(self._core, filters, newest_first=True, replica=True):
                 sessions += 1
                 items += info.item_count
             return sessions, items
@@ -292,7 +334,7 @@ class SessionStore:
         query = select(func.count(), func.coalesce(func.sum(s.c.item_count), 0)).where(
             *filters.where(self._core.tables, self._core.engine.dialect)
         )
-        row = (await self._core.read(query))[0]
+        row = (await self._core.read(query, replica=True))[0]
         return int(row[0]), int(row[1])
 
     # -- retention -------------------------------------------------------------

@@ -19,7 +19,7 @@ async def get_info(core: StoreCore, session_id: str) -> SessionInfo | None:
     """See :meth:`lattice.SessionStore.get_info`."""
     check_session_id(session_id)
     s = core.tables.sessions
-    rows = await core.read(core.info_columns().where(s.c.session_id == session_id))
+    rows = await core.read(core.info_columns().where(s.c.session_id == session_id), replica=True)
     return SessionInfo.from_row(rows[0]) if rows else None
 
 

@@ -5,6 +5,12 @@ Engine ownership:
 * ``SessionStore(engine)`` uses the caller's engine and never disposes it.
 * ``SessionStore.from_url(url)`` makes an engine of its own (not one of the
   process's shared ``from_url`` engines), and ``close()`` disposes exactly it.
+
+The read engine (a replica's, ``read_engine=`` / ``read_url=``) answers the
+catalogue reads that may lag (listing, counting, one session's row, export):
+``read(..., replica=True)``. Everything else, every write and every read a
+write depends on, runs on the primary engine. Without a replica both are
+the same engine.
 """
 
 from __future__ import annotations
@@ -63,12 +69,15 @@ class StoreCore:
         create_tables: bool,
         max_item_bytes: int,
         owns_engine: bool = False,
+        read_engine: AsyncEngine | None = None,
     ) -> None:
         self.engine = engine
+        self.read_engine = engine if read_engine is None else read_engine
         self.tables = tables
         self.create_tables = create_tables
         self.max_item_bytes = max_item_bytes
         self.owns_engine = owns_engine
+        self.owns_read_engine = False
 
     async def bind(self) -> engines.EngineState:
         """The engine's state, with the tables created first if asked."""
@@ -79,19 +88,32 @@ class StoreCore:
             await engines.ensure_tables(self.engine, state, self.tables)
         return state
 
-    async def read(self, statement: Select[Any]) -> list[Any]:
-        """The rows of one read.
+    async def bind_read(self) -> tuple[AsyncEngine, engines.EngineState]:
+        """The read engine and its state (checked once, like the primary's)."""
+        await self.bind()
+        if self.read_engine is self.engine:
+            return self.engine, engines.engine_state(self.engine)
+        state = engines.engine_state(self.read_engine)
+        if not state.ready:
+            await engines.check_ready(self.read_engine, state)
+        return self.read_engine, state
+
+    async def read(self, statement: Select[Any], *, replica: bool = False) -> list[Any]:
+        """The rows of one read, on the read engine (a replica) if ``replica``.
 
         Run to its end even if the caller is cancelled (then the cancellation
         goes on): SQLAlchemy closes a connection whose statement was
         interrupted, and an in-memory SQLite database is that connection.
         """
-        state = await self.bind()
+        if replica:
+            engine, state = await self.bind_read()
+        else:
+            engine, state = self.engine, await self.bind()
 
         async def run() -> list[Any]:
             for attempt in (1, 2):
                 try:
-                    async with state.exclusive(), self.engine.connect() as conn:
+                    async with state.exclusive(), engine.connect() as conn:
                         return list((await conn.execute(statement)).all())
                 except DBAPIError as exc:
                     writes.check_schema(exc)

@@ -244,11 +244,13 @@ async def walk(
     newest_first: bool,
     start: tuple[dt.datetime, str] | None = None,
     chunk: int = WALK_CHUNK,
+    replica: bool = False,
 ) -> AsyncIterator[SessionInfo]:
     """Every matching session in activity order, read ``chunk`` rows at a time.
 
     No connection is held between chunks, so the caller may write while
-    iterating.
+    iterating. With ``replica`` the chunks are read on the store's read
+    engine (retention walks the primary: what it deletes must be current).
     """
     s = core.tables.sessions
     conditions = filters.where(core.tables, core.engine.dialect)
@@ -263,7 +265,7 @@ async def walk(
         query = core.info_columns().where(*conditions)
         if position is not None:
             query = query.where(after(core.tables, *position))
-        rows = await core.read(query.order_by(*order).limit(chunk))
+        rows = await core.read(query.order_by(*order).limit(chunk), replica=replica)
         for row in rows:
             info = SessionInfo.from_row(row)
             if filters.matches_metadata(info.metadata):

@@ -72,10 +72,10 @@ async def _db_records(
     driver cannot hold a read snapshot across statements here) reads each
     chunk at the latest commit.
     """
-    state = await store.bind()
+    engine, state = await store.bind_read()  # the replica, if the store has one
     s, m = store.tables.sessions, store.tables.messages
-    conditions = filters.where(store.tables, store.engine.dialect)
-    async with state.exclusive(), store.engine.connect() as conn:
+    conditions = filters.where(store.tables, engine.dialect)
+    async with state.exclusive(), engine.connect() as conn:
         isolation = rules(conn.dialect).export_isolation
         if isolation is not None:
             await conn.execution_options(isolation_level=isolation)
