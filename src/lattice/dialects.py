@@ -62,9 +62,13 @@ from .schema import (
 )
 
 __all__ = [
+    "GALERA_DEFAULT_READS",
+    "GALERA_PROBE",
+    "GALERA_SYNC_READS",
     "Rules",
     "Statements",
     "check_packet",
+    "galera_from",
     "is_lock_timeout",
     "is_transient_conflict",
     "lock_timeout_statement",
@@ -385,6 +389,24 @@ def _statements(tables: LatticeTables, dialect_name: str, dialect: Dialect) -> S
 def statements(tables: LatticeTables, dialect: Dialect) -> Statements:
     """The statements for ``tables`` on ``dialect`` (cached)."""
     return _statements(tables, dialect.name, dialect)
+
+
+#: Whether this MySQL/MariaDB server is a Galera node (MariaDB Galera Cluster,
+#: Percona XtraDB Cluster): the answer is ("wsrep_on", "ON"). A plain MySQL 8
+#: or MariaDB answers no row, or "OFF", and raises no error.
+GALERA_PROBE = "SHOW VARIABLES LIKE 'wsrep_on'"
+
+
+#: Reads of this connection wait until the node has applied every write set
+#: the cluster ordered before them (bit 1 of wsrep_sync_wait: SELECT, SHOW).
+GALERA_SYNC_READS = "SET SESSION wsrep_sync_wait = 1"
+#: Back to the server's setting.
+GALERA_DEFAULT_READS = "SET SESSION wsrep_sync_wait = @@GLOBAL.wsrep_sync_wait"
+
+
+def galera_from(rows: Any) -> bool:
+    """Read the answer to :data:`GALERA_PROBE`."""
+    return any(str(row[1]).upper() == "ON" for row in rows)
 
 
 # Errors after which the whole transaction was rolled back by the server and
