@@ -146,3 +146,27 @@ async def test_sqlalchemy_still_wraps_disconnects_the_way_lattice_does(tmp_path:
         await asyncio.sleep(0)
     finally:
         await engine.dispose()
+
+
+async def test_sleep_in_sync_code_lets_the_loop_run_under_run_sync(tmp_path: Path) -> None:
+    """Inside run_sync the wait yields to the event loop (another task runs meanwhile)."""
+    from sqlalchemy.util import concurrency
+
+    assert callable(concurrency.in_greenlet)
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 's.db'}")
+    ticks: list[int] = []
+
+    async def ticker() -> None:
+        for n in range(3):
+            ticks.append(n)
+            await asyncio.sleep(0.005)
+
+    try:
+        async with engine.connect() as conn:
+            task = asyncio.ensure_future(ticker())
+            await conn.run_sync(lambda _: _compat.sleep_in_sync_code(0.05))
+            assert ticks == [0, 1, 2], "the loop ran while the sync code waited"
+            await task
+    finally:
+        await engine.dispose()
+    _compat.sleep_in_sync_code(0)  # outside a greenlet: a plain sleep

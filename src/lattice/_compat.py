@@ -18,16 +18,21 @@ Names used:
   driver exceptions to its DB-API classes).
 * aiosqlite: ``Connection._execute`` and ``Connection._conn`` (run one
   function on the connection's thread with the ``sqlite3`` connection).
+* SQLAlchemy: ``sqlalchemy.util.concurrency.in_greenlet`` and ``await_only``
+  (wait in synchronous code that runs under ``run_sync``, such as a
+  migration, without blocking the event loop).
 * Alembic: ``alembic.context._proxy`` / ``EnvironmentContext._install_proxy``
   (put back the application's own environment after Lattice's ran inside it).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_only, greenlet_spawn
 
 __all__ = [
     "adapter_rollback",
@@ -40,6 +45,7 @@ __all__ = [
     "positional_bind_names",
     "restore_alembic_proxy",
     "return_idle_connection",
+    "sleep_in_sync_code",
     "sqlite_thread_call",
     "sqlite_thread_calls_supported",
     "translate_driver_error",
@@ -150,3 +156,19 @@ def restore_alembic_proxy(context_module: Any, outer: Any) -> None:
     """Install ``outer`` again as ``alembic.context`` if another one replaced it."""
     if outer is not None and alembic_proxy(context_module) is not outer:
         outer._install_proxy()
+
+
+def sleep_in_sync_code(seconds: float) -> None:
+    """Wait ``seconds`` in synchronous code, yielding to the event loop under ``run_sync``.
+
+    A migration runs as synchronous code inside ``AsyncConnection.run_sync``
+    (a greenlet on the event loop's thread): ``time.sleep`` there would stop
+    every other task of the loop, including the migrator it waits for.
+    """
+    from sqlalchemy.util import concurrency
+
+    in_greenlet = getattr(concurrency, "in_greenlet", None)
+    if in_greenlet is not None and in_greenlet():
+        await_only(asyncio.sleep(seconds))
+    else:
+        time.sleep(seconds)

@@ -13,7 +13,11 @@ Alembic history lives here:
   new engine made from the URL.
 * One migrator at a time: a session-level advisory lock on PostgreSQL and
   ``GET_LOCK`` on MySQL/MariaDB, taken before the current revision is read,
-  so two deployments starting together apply each revision once.
+  so two deployments starting together apply each revision once. On a
+  Galera cluster ``GET_LOCK`` is local to one node (MariaDB documents it as
+  unsupported there), so the lock is a row of ``lattice_migration_lock``
+  instead, inserted and committed: Galera certifies the commits of all nodes
+  in one order, so of migrators on different nodes exactly one gets the row.
 * SQLite rebuilds tables to change them (Alembic's batch mode). With foreign
   keys on, dropping the old sessions table would cascade into the messages,
   so the pragma is switched off for the run and restored afterwards.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,8 +41,10 @@ from alembic.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from . import _partitioning, schema
+from . import _compat, _partitioning, schema
+from .dialects import GALERA_PROBE, galera_from, is_transient_conflict
 from .engines import make_engine, normalize_url
 from .errors import LatticeError
 from .schema_advanced import advanced_table_names
@@ -77,6 +84,12 @@ _PG_LOCK_KEY = int.from_bytes(b"lattice\0", "big", signed=True)
 _MYSQL_LOCK_NAME = "LEFT(CONCAT('lattice_migrations:', DATABASE()), 64)"
 #: How long a migrator waits for another one to finish before giving up.
 LOCK_TIMEOUT_S = 600
+#: The lock of migrators on a Galera cluster: one row, held while it exists.
+GALERA_LOCK_TABLE = "lattice_migration_lock"
+#: A Galera lock row this old was left by a migrator that died holding it.
+GALERA_LOCK_STALE_S = 3600
+_GALERA_LOCK_NAME = "migrations"
+_NOW_MS = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)"
 
 # config.attributes keys set by lattice.migrations.
 ATTR_CONNECTION = "connection"
@@ -224,6 +237,7 @@ def _exclusive(connection: Connection, *, external: bool) -> Iterator[None]:
     """Hold the migration lock (and, on SQLite, foreign keys off) meanwhile."""
     dialect = connection.dialect.name
     restore_foreign_keys = False
+    galera_holder: str | None = None
     if dialect == "postgresql":
         # Inside a caller's transaction a transaction-level lock ends with it;
         # otherwise revisions commit one by one, so the lock is the session's.
@@ -237,6 +251,8 @@ def _exclusive(connection: Connection, *, external: bool) -> Iterator[None]:
                 text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{LOCK_TIMEOUT_S}s"}
             )
         connection.execute(text(f"SELECT {lock}(:key)"), {"key": _PG_LOCK_KEY})
+    elif dialect in ("mysql", "mariadb") and _is_galera(connection):
+        galera_holder = _take_galera_lock(connection, external=external)
     elif dialect in ("mysql", "mariadb"):
         got = connection.execute(
             text(f"SELECT GET_LOCK({_MYSQL_LOCK_NAME}, :timeout)"), {"timeout": LOCK_TIMEOUT_S}
@@ -268,12 +284,97 @@ def _exclusive(connection: Connection, *, external: bool) -> Iterator[None]:
             connection.rollback()
         if dialect == "postgresql" and not external:
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_LOCK_KEY})
+        elif galera_holder is not None:
+            _release_galera_lock(connection, galera_holder, external=external)
         elif dialect in ("mysql", "mariadb"):
             connection.execute(text(f"SELECT RELEASE_LOCK({_MYSQL_LOCK_NAME})"))
         elif restore_foreign_keys:
             connection.exec_driver_sql("PRAGMA foreign_keys = ON")
         if not external:
             connection.commit()
+
+
+def _is_galera(connection: Connection) -> bool:
+    return galera_from(connection.exec_driver_sql(GALERA_PROBE).all())
+
+
+def _take_galera_lock(connection: Connection, *, external: bool) -> str:
+    """Insert and commit the lock row; wait while another migrator holds it.
+
+    Row locks (``SELECT ... FOR UPDATE``) are local to a Galera node, but a
+    committed row is the cluster's: two nodes inserting it at once meet in
+    certification (error 1213 for all but one), a node that already has it
+    refuses the duplicate key. A row older than :data:`GALERA_LOCK_STALE_S`
+    (by the server's clock) is a dead migrator's and is taken over.
+    """
+    connection.exec_driver_sql(
+        f"CREATE TABLE IF NOT EXISTS {GALERA_LOCK_TABLE} ("
+        "name VARCHAR(64) NOT NULL PRIMARY KEY, holder CHAR(32) NOT NULL, "
+        "taken_ms BIGINT NOT NULL)"
+    )
+    holder = os.urandom(16).hex()
+    params = {"name": _GALERA_LOCK_NAME, "holder": holder, "stale_ms": GALERA_LOCK_STALE_S * 1000}
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    pause = 0.05
+    while True:
+        try:
+            connection.execute(
+                text(
+                    f"DELETE FROM {GALERA_LOCK_TABLE} "
+                    f"WHERE name = :name AND taken_ms < {_NOW_MS} - :stale_ms"
+                ),
+                params,
+            )
+            connection.execute(
+                text(
+                    f"INSERT INTO {GALERA_LOCK_TABLE} (name, holder, taken_ms) "
+                    f"VALUES (:name, :holder, {_NOW_MS})"
+                ),
+                params,
+            )
+            if not external:
+                connection.commit()
+            return holder
+        except DBAPIError as exc:
+            held = isinstance(exc, IntegrityError) or is_transient_conflict(exc)
+            if external or not held:
+                raise
+            _roll_back_aborted(connection)
+        if time.monotonic() > deadline:
+            raise MigrationError(
+                f"another migration has held the lock for {LOCK_TIMEOUT_S} s; try again later "
+                f"(if none is running, one died holding it: delete the row of "
+                f"{GALERA_LOCK_TABLE})"
+            )
+        _compat.sleep_in_sync_code(pause)
+        pause = min(pause * 2, 1.0)
+
+
+def _roll_back_aborted(connection: Connection) -> None:
+    """Roll back a transaction Galera aborted; the ROLLBACK itself may report the abort (1213)."""
+    try:
+        connection.rollback()
+    except DBAPIError as exc:
+        if not is_transient_conflict(exc):
+            raise
+        connection.rollback()
+
+
+def _release_galera_lock(connection: Connection, holder: str, *, external: bool) -> None:
+    for attempt in range(5):
+        try:
+            connection.execute(
+                text(f"DELETE FROM {GALERA_LOCK_TABLE} WHERE name = :name AND holder = :holder"),
+                {"name": _GALERA_LOCK_NAME, "holder": holder},
+            )
+            if not external:
+                connection.commit()
+            return
+        except DBAPIError as exc:
+            if external or not is_transient_conflict(exc) or attempt == 4:
+                raise
+            _roll_back_aborted(connection)
+            _compat.sleep_in_sync_code(0.05 * (attempt + 1))
 
 
 def _only_missing(diff: list[Any], names: frozenset[str]) -> bool:

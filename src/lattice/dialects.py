@@ -36,10 +36,12 @@ from sqlalchemy import (
     Insert,
     Select,
     Table,
+    Text,
     Update,
     and_,
     any_,
     bindparam,
+    cast,
     delete,
     or_,
     select,
@@ -60,9 +62,13 @@ from .schema import (
 )
 
 __all__ = [
+    "GALERA_DEFAULT_READS",
+    "GALERA_PROBE",
+    "GALERA_SYNC_READS",
     "Rules",
     "Statements",
     "check_packet",
+    "galera_from",
     "is_lock_timeout",
     "is_transient_conflict",
     "lock_timeout_statement",
@@ -269,7 +275,12 @@ def _of_session(m: Table, dialect: Dialect, columns: list[Any], newest_first: bo
     sid = bindparam("sid", type_=m.c.session_id.type)
     name = rules(dialect).name
     if name == "postgresql":
-        query = select(*columns).where(m.c.session_id == any_(postgresql.array([sid])))
+        # The element cast to text: an array of varchar would be coerced to
+        # text[] as a whole, which hides the element from partition pruning
+        # in generic plans (tests/test_partitions.py).
+        query = select(*columns).where(
+            m.c.session_id == any_(postgresql.array([cast(sid, Text)]))
+        )
     elif name == "sqlite":
         query = select(*columns).where(and_(m.c.session_id >= sid, m.c.session_id <= sid))
     else:
@@ -378,6 +389,24 @@ def _statements(tables: LatticeTables, dialect_name: str, dialect: Dialect) -> S
 def statements(tables: LatticeTables, dialect: Dialect) -> Statements:
     """The statements for ``tables`` on ``dialect`` (cached)."""
     return _statements(tables, dialect.name, dialect)
+
+
+#: Whether this MySQL/MariaDB server is a Galera node (MariaDB Galera Cluster,
+#: Percona XtraDB Cluster): the answer is ("wsrep_on", "ON"). A plain MySQL 8
+#: or MariaDB answers no row, or "OFF", and raises no error.
+GALERA_PROBE = "SHOW VARIABLES LIKE 'wsrep_on'"
+
+
+#: Reads of this connection wait until the node has applied every write set
+#: the cluster ordered before them (bit 1 of wsrep_sync_wait: SELECT, SHOW).
+GALERA_SYNC_READS = "SET SESSION wsrep_sync_wait = 1"
+#: Back to the server's setting.
+GALERA_DEFAULT_READS = "SET SESSION wsrep_sync_wait = @@GLOBAL.wsrep_sync_wait"
+
+
+def galera_from(rows: Any) -> bool:
+    """Read the answer to :data:`GALERA_PROBE`."""
+    return any(str(row[1]).upper() == "ON" for row in rows)
 
 
 # Errors after which the whole transaction was rolled back by the server and

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from . import _compat, urls
-from .dialects import rules
+from .dialects import GALERA_PROBE, galera_from, rules
 from .lock_waits import (
     DEFAULT_LOCK_TIMEOUT_S,
     check_lock_timeout,
@@ -365,6 +365,8 @@ class EngineState:
     #: Writes committed through Lattice on this engine (when to prune the journal).
     writes: int = 0
     max_packet: int | None = None
+    #: A Galera node (``wsrep_on``, :func:`check_ready`): COMMIT goes alone (docs/scale.md).
+    galera: bool = False
     #: Run sessions' statements on the driver connection (:mod:`lattice.drivers`)
     #: when the driver has a fast path; False keeps them on SQLAlchemy's execution.
     fast_path: bool = True
@@ -471,7 +473,7 @@ async def check_ready(engine: AsyncEngine, state: EngineState) -> None:
     """Refuse, once per engine, a connection setup Lattice cannot be safe on.
 
     MySQL: the connection's character set must be utf8mb4 (see
-    :attr:`lattice.dialects.Rules.connection_charset`).
+    :attr:`lattice.dialects.Rules.connection_charset`); learns ``EngineState.galera``.
 
     Raises:
         ValueError: naming the setting and what to write instead.
@@ -481,12 +483,9 @@ async def check_ready(engine: AsyncEngine, state: EngineState) -> None:
     required = rules(engine.dialect).connection_charset
     if required is not None:
         async with state.exclusive(), engine.connect() as conn:
-            row = (
-                await conn.exec_driver_sql(
-                    "SELECT @@character_set_client, @@character_set_connection, "
-                    "@@character_set_results"
-                )
-            ).one()
+            charsets = "@@character_set_client, @@character_set_connection, @@character_set_results"
+            row = (await conn.exec_driver_sql(f"SELECT {charsets}")).one()
+            galera = galera_from((await conn.exec_driver_sql(GALERA_PROBE)).all())
         wrong = [value for value in row if value != required]
         if wrong:
             raise ValueError(
@@ -494,4 +493,5 @@ async def check_ready(engine: AsyncEngine, state: EngineState) -> None:
                 f"charset={required} (add ?charset={required} to the URL, or remove the "
                 "charset option): under other charsets escaped values are not safe"
             )
+        state.galera = galera
     state.ready = True

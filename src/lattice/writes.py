@@ -7,10 +7,14 @@ One module so there is one answer to each of these questions:
   the database commits; a result the caller will never see is undone (a
   popped item goes back), then the cancellation goes on.
 * **Conflicts.** A transaction the server rolled back (deadlock,
-  serialization failure: :func:`lattice.dialects.is_transient_conflict`)
-  runs again, up to :data:`CONFLICT_RETRIES` times with a short growing
-  pause (:func:`backoff`). A lock wait that outlasted the engine's lock
-  timeout is not run again: it raises
+  serialization failure, a Galera certification failure reported at
+  COMMIT: :func:`lattice.dialects.is_transient_conflict`) runs again, after
+  a growing, jittered pause (:func:`backoff`), for up to
+  :data:`CONFLICT_RETRY_S` seconds; then the conflict is raised. Writers of
+  one session through different Galera nodes conflict on every overlap
+  (certification is optimistic: nobody waits for a row lock), so a fixed
+  small number of retries was not enough there. A lock wait that outlasted
+  the engine's lock timeout is not run again: it raises
   :class:`~lattice.errors.LockTimeoutError` (:func:`check_lock_timeout`).
 * **Lost connections.** Lost before COMMIT was sent: nothing committed, so
   it runs again once. Lost after: the database is asked, under the session's
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -52,7 +57,7 @@ from .errors import (
 from .schema import WRITE_TOKEN_LENGTH, LatticeTables
 
 __all__ = [
-    "CONFLICT_RETRIES",
+    "CONFLICT_RETRY_S",
     "JOURNAL_TRUST_S",
     "JOURNAL_WINDOW_S",
     "OUTCOME_WAIT_S",
@@ -75,8 +80,13 @@ _T = TypeVar("_T")
 _UNSET: Any = object()
 _log = logging.getLogger("lattice.writes")
 
-#: How often a transaction the server rolled back (a deadlock) is rerun.
-CONFLICT_RETRIES = 5
+#: How long one call reruns transactions the server rolled back (deadlock,
+#: certification failure) before it raises the conflict.
+CONFLICT_RETRY_S = 30.0
+#: How often ``retry_conflicts(also=...)`` reruns what ``also`` accepts.
+_WIDENED_RETRIES = 5
+#: The longest pause between two reruns (before jitter).
+_MAX_BACKOFF_S = 0.2
 #: How long the write journal keeps a row (by the database server's clock).
 JOURNAL_WINDOW_S = 3600
 #: How long after a write began its outcome is answered from the journal. The
@@ -91,8 +101,37 @@ OUTCOME_WAIT_S = 10.0
 
 
 def backoff(attempt: int) -> float:
-    """Seconds to wait before conflict retry number ``attempt`` (1, 2, ...)."""
-    return 0.005 * attempt
+    """Seconds to wait before conflict retry number ``attempt`` (1, 2, ...).
+
+    Doubling from 5 ms up to 200 ms, times a random factor in [0.5, 1.5) so
+    that writers who collided do not collide again in step.
+    """
+    pause: float = min(0.005 * 2.0 ** min(attempt - 1, 16), _MAX_BACKOFF_S)
+    return pause * (0.5 + random.random())
+
+
+class _Conflicts:
+    """One call's budget of conflict reruns: :data:`CONFLICT_RETRY_S` from the first."""
+
+    __slots__ = ("count", "deadline")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.deadline: float | None = None
+
+    async def rerun(self, exc: DBAPIError) -> bool:
+        """Wait before the next attempt and return True, or False when the budget is spent."""
+        if not is_transient_conflict(exc):
+            return False
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + CONFLICT_RETRY_S
+        pause = backoff(self.count + 1)
+        if now + pause > self.deadline:
+            return False
+        self.count += 1
+        await asyncio.sleep(pause)
+        return True
 
 
 def new_token() -> str:
@@ -180,18 +219,20 @@ async def retry_conflicts(
     ``also`` widens what counts as a conflict (the store retries a concurrent
     creation of the same row, an ``IntegrityError``).
     """
-    conflicts = 0
+    conflicts = _Conflicts()
+    widened = 0
     while True:
         try:
             return await attempt()
         except DBAPIError as exc:
             check_lock_timeout(exc, "the sessions")
             check_schema(exc)
-            conflict = is_transient_conflict(exc) or (also is not None and also(exc))
-            if not conflict or conflicts >= CONFLICT_RETRIES:
+            if also is not None and also(exc) and widened < _WIDENED_RETRIES:
+                widened += 1
+                await asyncio.sleep(backoff(widened))
+                continue
+            if not await conflicts.rerun(exc):
                 raise
-            conflicts += 1
-            await asyncio.sleep(backoff(conflicts))
 
 
 def check_lock_timeout(exc: DBAPIError, what: str) -> None:
@@ -264,7 +305,8 @@ async def run_write(
     by itself, so a connection lost once it was sent is treated as a lost
     COMMIT reply.
 
-    * A deadlock rolled back by the server: run again.
+    * A deadlock or certification failure rolled back by the server: run
+      again (for :data:`CONFLICT_RETRY_S` at most).
     * A lock wait past the lock timeout: :class:`LockTimeoutError`, nothing written.
     * The connection lost before COMMIT was sent: nothing committed, run again once.
     * The connection lost after COMMIT was sent: ask the database, under the
@@ -274,7 +316,7 @@ async def run_write(
     """
     state = bound.state
     lost_connection_retries = 1
-    conflicts = 0
+    conflicts = _Conflicts()
     while True:
         started = time.monotonic()
         token = new_token()
@@ -292,9 +334,7 @@ async def run_write(
         except DBAPIError as exc:
             check_lock_timeout(exc, f"session {session_id!r}")
             check_schema(exc)
-            if is_transient_conflict(exc) and conflicts < CONFLICT_RETRIES:
-                conflicts += 1
-                await asyncio.sleep(backoff(conflicts))
+            if await conflicts.rerun(exc):
                 continue
             if not exc.connection_invalidated:
                 raise

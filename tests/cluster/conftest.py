@@ -93,3 +93,13 @@ async def paused_replay(cluster: PgCluster) -> AsyncIterator[PgNode]:
         yield standby
     finally:
         await asyncio.to_thread(standby.sql, "SELECT pg_wal_replay_resume()")
+
+
+# The Galera cluster's fixtures (cluster/galera.py, ports 44301-44303 and 45301-45323).
+from .galera_fixtures import (  # noqa: E402, F401 - fixtures for test_galera.py
+    driver,
+    galera,
+    galera_cluster,
+    galera_tables,
+    node_engines,
+)

@@ -127,7 +127,7 @@ def _pop_in_one(tables: LatticeTables, dialect: Dialect, lock: Compiled) -> Comp
         # (lattice.dialects._of_session says why); the DELETE names the
         # session too, so a partitioned table prunes to one partition.
         f"gone AS (DELETE FROM {m} WHERE session_id = $1 AND id = (SELECT id FROM {m} "
-        "WHERE session_id = ANY(ARRAY[$1]) ORDER BY session_id DESC, id DESC LIMIT 1) "
+        "WHERE session_id = ANY(ARRAY[$1::text]) ORDER BY session_id DESC, id DESC LIMIT 1) "
         "AND (SELECT prev FROM locked) = (SELECT front FROM snap) "
         "RETURNING id, message_data) "
         "SELECT (SELECT count(*) FROM locked), "

@@ -197,9 +197,20 @@ class Operations:
         The session row is locked first (``FOR UPDATE``): that waits for a
         transaction still holding it (one whose client vanished but whose
         server side is finishing), so the journal's answer is final.
+
+        On Galera the node applies other nodes' commits a little after they
+        were certified, and the check may run on another node than the write
+        (a load balancer, a reconnect): with ``wsrep_sync_wait`` the reads
+        first wait until this node has applied everything the cluster had
+        committed, so a committed write cannot be missed.
         """
+        if self.state.galera:
+            await run.sql_run(dialects.GALERA_SYNC_READS)
         await run.rows(Stmt.READ_TOKENS, {"sid": session_id})
-        return bool(await run.rows(Stmt.JOURNAL_SEQ, {"token": token}))
+        found = bool(await run.rows(Stmt.JOURNAL_SEQ, {"token": token}))
+        if self.state.galera:
+            await run.sql_run(dialects.GALERA_DEFAULT_READS)
+        return found
 
     async def prune_journal(self, run: Runner, window_ms: int) -> int:
         """Delete the journal rows older than ``window_ms`` (by the server's clock)."""

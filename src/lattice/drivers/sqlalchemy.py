@@ -50,6 +50,9 @@ class SQLAlchemyRunner:
     async def sql_rows(self, sql: str) -> Sequence[Sequence[Any]]:
         return (await self._conn.exec_driver_sql(sql)).all()
 
+    async def sql_run(self, sql: str) -> None:
+        await self._conn.exec_driver_sql(sql)
+
     async def rollback(self) -> None:
         await self._conn.rollback()
         self.finished = True
