@@ -16,7 +16,10 @@ from lattice.schema import LatticeTables
 
 from .test_advanced import QUIET, model, texts
 from .test_cli_sessions import lattice
+from .test_partitions import partitioned_url
 from .test_store import extra_tables, store_on
+
+__all__ = ["partitioned_url"]  # the fixture, used by name
 
 
 async def conversation(store: SessionStore, session_id: str) -> Any:
@@ -138,3 +141,21 @@ async def test_cli_show_lists_and_shows_branches(fresh_url: str) -> None:
     assert missing.exit_code == 1 and "no branch 'nope'" in missing.stderr
     plain = json.loads((await lattice("show", "plain", "--url", fresh_url, "--json")).stdout)
     assert plain["branches"] == [] and plain["items"] == [{"n": 1}]
+
+
+async def test_advanced_sessions_on_hash_partitioned_messages(partitioned_url: str) -> None:
+    """PostgreSQL with ``agent_messages`` hash-partitioned (``--partitions 4``): branches,
+    pops, deletion, export and import work as on the plain table."""
+    async with SessionStore.from_url(partitioned_url) as store:
+        await conversation(store, "part")
+        before = await picture(store, "part")
+        assert before["branches"] == [("main", 6, 3, None), ("edit", 4, 2, "main")]
+        await store.export_jsonl(buffer := io.StringIO())
+        session = store.advanced_session("part")
+        await session.delete_branch("edit", force=True)
+        assert [b["branch_id"] for b in await store.list_branches("part")] == ["main"]
+        buffer.seek(0)
+        await store.import_jsonl(buffer, on_conflict="replace")
+        assert await picture(store, "part") == before
+        await session.clear_session()
+        assert await session.get_items() == []
