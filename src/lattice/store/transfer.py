@@ -373,7 +373,9 @@ async def export_jsonl(
     if isinstance(destination, (str, Path)):
         final = Path(destination)
         partial = final.with_name(final.name + ".partial")
-        handle = await asyncio.to_thread(jsonl.open_file, partial, "w")
+        # Opened here, not in a thread: a cancellation while a thread opened
+        # it would leave a .partial file that nothing removes.
+        handle = jsonl.open_file(partial, "w")
         ok = False
         try:
             result = await _export(store, handle, filters, progress)
