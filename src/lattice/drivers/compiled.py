@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 __all__ = ["Compiled", "compile_statement", "compiled_statements"]
 
 
+_UNSEEN: Any = object()
+
+
 @dataclass(frozen=True)
 class Compiled:
     """One statement as driver SQL, and how to build its positional arguments."""
@@ -45,25 +48,31 @@ class Compiled:
         return tuple(out)
 
     def args_many(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        """``args`` for each row, processing each distinct bound object once.
+        """``args`` for each row, processing a bound object shared by consecutive rows once.
 
         The rows of one append share their session id and timestamp objects;
         converting those once instead of per row (SQLite formats a datetime
         as text, MySQL encodes the id) took an append of 100 items on SQLite
-        from 3.8 to 3.1 ms (per-row bind processing was 1 ms of it).
+        from 3.8 to 3.1 ms (per-row bind processing was 1 ms of it). Comparing
+        with the previous row's object instead of a dictionary keyed by ``id``
+        halved the rest (166 to 89 us for 100 rows).
         """
-        memo: dict[tuple[int, int], Any] = {}
+        binds = self.binds
+        # The last object seen at each position and what it became: the rows
+        # share one session id and one timestamp object.
+        seen: list[Any] = [_UNSEEN] * len(binds)
+        done: list[Any] = [None] * len(binds)
         out = []
         for params in rows:
             row = []
-            for position, (name, process, default) in enumerate(self.binds):
+            for position, (name, process, default) in enumerate(binds):
                 value = params.get(name, default)
                 if process is not None and value is not None:
-                    # The rows keep every value alive, so id() is unique here.
-                    key = (position, id(value))
-                    if key not in memo:
-                        memo[key] = process(value)
-                    value = memo[key]
+                    if value is seen[position]:
+                        value = done[position]
+                    else:
+                        seen[position] = value
+                        value = done[position] = process(value)
                 row.append(value)
             out.append(tuple(row))
         return out
