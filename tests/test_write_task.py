@@ -121,3 +121,24 @@ def test_loads_is_json_loads(text: Any) -> None:
             loads(text)
     else:
         assert repr(loads(text)) == repr(expected)  # NaN is not equal to itself
+
+
+def test_args_many_is_args_per_row() -> None:
+    """Column-wise bind processing gives what processing each row would."""
+    import datetime as dt
+
+    from sqlalchemy.dialects import sqlite
+
+    from lattice.drivers.aiosqlite import AiosqliteDriver
+    from lattice.drivers.base import Stmt
+    from lattice.drivers.compiled import compiled_statements
+    from lattice.schema import lattice_tables
+
+    insert = compiled_statements(lattice_tables(), sqlite.dialect(), AiosqliteDriver())[
+        Stmt.INSERT_MESSAGE
+    ]
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    shared = [{"sid": "s", "data": f"{n}", "now": now} for n in range(3)]
+    mixed = [*shared, {"sid": "t", "data": "x", "now": now + dt.timedelta(seconds=1)}]
+    for rows in (shared, mixed, shared[:1], []):
+        assert insert.args_many(rows) == [insert.args(row) for row in rows]
