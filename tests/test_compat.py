@@ -223,3 +223,22 @@ async def test_run_in_greenlet_lets_sync_code_await_and_reuses_its_greenlet() ->
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await _compat.run_in_greenlet(sync, 0, "f") == "f caller's"
+
+
+async def test_run_in_greenlet_keeps_nothing_of_a_finished_call() -> None:
+    """A waiting runner holds no reference to the last call's function, arguments or result."""
+    import gc
+    import weakref
+
+    class Thing:
+        pass
+
+    def sync(_arg: Thing) -> Thing:
+        return Thing()
+
+    arg = Thing()
+    out = await _compat.run_in_greenlet(sync, arg)
+    refs = [weakref.ref(arg), weakref.ref(out)]
+    del arg, out
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]

@@ -222,6 +222,9 @@ class _Runner(greenlet.greenlet):  # type: ignore[misc]
                 raise  # the runner itself is being discarded
             except BaseException as exc:
                 done = _Done(None, exc)
+            # Nothing of this call stays referenced while the runner waits
+            # (the caller empties ``done``): a checked-in connection included.
+            del fn, args, job
             job = self.parent.switch(done)
 
 
@@ -254,8 +257,8 @@ async def run_in_greenlet(fn: Callable[..., _R], *args: Any) -> _R:
     runner.gr_context = None
     if len(idle) < _MAX_IDLE_RUNNERS:
         idle.append(runner)
-    if result.error is not None:
-        error = result.error
-        result.error = None
+    value, error = result.value, result.error
+    result.value = result.error = None
+    if error is not None:
         raise error
-    return result.value  # type: ignore[no-any-return]
+    return value  # type: ignore[no-any-return]
