@@ -21,9 +21,10 @@ Names used:
 * SQLAlchemy: ``sqlalchemy.util.concurrency.in_greenlet`` and ``await_only``
   (wait in synchronous code that runs under ``run_sync``, such as a
   migration, without blocking the event loop).
-* SQLAlchemy: the greenlet protocol of ``await_only`` (the current greenlet's
-  ``__sqlalchemy_greenlet_provider__``, and its ``parent`` in 2.1 or
-  ``driver`` in 2.0 to switch to), for :func:`run_in_greenlet`.
+* SQLAlchemy: the greenlet protocol of ``await_only`` (a greenlet with
+  ``__sqlalchemy_greenlet_provider__ = True`` may call it, announced for
+  third-party greenlets in the 2.0.31 changelog; it switches to the
+  greenlet's ``parent``, ``driver`` in older releases), for :func:`run_in_greenlet`.
 * Alembic: ``alembic.context._proxy`` / ``EnvironmentContext._install_proxy``
   (put back the application's own environment after Lattice's ran inside it).
 """
