@@ -170,3 +170,75 @@ async def test_sleep_in_sync_code_lets_the_loop_run_under_run_sync(tmp_path: Pat
     finally:
         await engine.dispose()
     _compat.sleep_in_sync_code(0)  # outside a greenlet: a plain sleep
+
+
+async def test_run_in_greenlet_lets_sync_code_await_and_reuses_its_greenlet() -> None:
+    """SQLAlchemy's await_only works inside, outcomes and contextvars pass, greenlets are reused."""
+    import contextvars
+
+    import greenlet  # type: ignore[import-untyped]
+    from sqlalchemy.util import await_only
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    var.set("caller's")
+    used: list[Any] = []
+
+    def sync(pause: float, tag: str) -> str:
+        used.append(greenlet.getcurrent())
+        await_only(asyncio.sleep(pause))
+        return f"{tag} {var.get()}"
+
+    assert await _compat.run_in_greenlet(sync, 0, "a") == "a caller's"
+    assert await _compat.run_in_greenlet(sync, 0, "b") == "b caller's"
+    assert used[0] is used[1], "the second call reused the first one's greenlet"
+    # Two at once, both waiting: each has a greenlet of its own.
+    assert await asyncio.gather(
+        _compat.run_in_greenlet(sync, 0.01, "c"), _compat.run_in_greenlet(sync, 0, "d")
+    ) == ["c caller's", "d caller's"]
+    assert used[2] is not used[3]
+
+    def fails() -> None:
+        await_only(asyncio.sleep(0))
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        await _compat.run_in_greenlet(fails)
+
+    def awaits_a_failure() -> None:
+        async def broken() -> None:
+            raise KeyError("inner")
+
+        try:
+            await_only(broken())
+        except KeyError:
+            raise LookupError("seen inside") from None
+
+    with pytest.raises(LookupError, match="seen inside"):
+        await _compat.run_in_greenlet(awaits_a_failure)
+
+    # A cancellation while the sync code waits reaches it, as with greenlet_spawn.
+    task = asyncio.ensure_future(_compat.run_in_greenlet(sync, 10, "e"))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _compat.run_in_greenlet(sync, 0, "f") == "f caller's"
+
+
+async def test_run_in_greenlet_keeps_nothing_of_a_finished_call() -> None:
+    """A waiting runner holds no reference to the last call's function, arguments or result."""
+    import gc
+    import weakref
+
+    class Thing:
+        pass
+
+    def sync(_arg: Thing) -> Thing:
+        return Thing()
+
+    arg = Thing()
+    out = await _compat.run_in_greenlet(sync, arg)
+    refs = [weakref.ref(arg), weakref.ref(out)]
+    del arg, out
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]

@@ -23,6 +23,7 @@ __all__ = [
     "decode_item",
     "encode_item",
     "encode_items",
+    "loads",
 ]
 
 #: Longest session id, in characters (the schema stores up to 4 bytes each).
@@ -218,7 +219,24 @@ def check_stored_text(text: str, max_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> dic
 
 def decode_item(text: str) -> dict[str, Any]:
     """Decode stored JSON text back into an item."""
-    value: dict[str, Any] = _DECODER.decode(text)
+    value: dict[str, Any] = loads(text)
+    return value
+
+
+def loads(text: Any) -> Any:
+    """``json.loads(text)``, faster on the text Lattice stores (no surrounding whitespace).
+
+    ``JSONDecoder.raw_decode`` skips ``json.loads``' two whitespace scans,
+    about half its time on a 100-character item. Anything it does not read
+    whole (surrounding whitespace, bytes, invalid JSON) goes through
+    ``json.loads``, so the result, and the error, are the same.
+    """
+    try:
+        value, end = _DECODER.raw_decode(text)
+    except (TypeError, ValueError):
+        return json.loads(text)
+    if end != len(text):
+        return json.loads(text)
     return value
 
 

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from .items import loads
+
 __all__ = [
     "ascii_texts",
     "check_sqlite_table_names",
@@ -42,6 +44,7 @@ def count_unreadable() -> Iterator[list[int]]:
     finally:
         _UNREADABLE.reset(token)
 
+
 _ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
 
 
@@ -68,7 +71,7 @@ def decode_rows(
     left_out = 0
     for text in texts:
         try:
-            item = json.loads(text)
+            item = loads(text)
         except (TypeError, ValueError):
             item = None
         if not isinstance(item, dict):

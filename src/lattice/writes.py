@@ -171,34 +171,68 @@ async def finish(task: asyncio.Future[_T]) -> _T:
     return task.result()
 
 
+class _WriteTask(asyncio.Task):  # type: ignore[type-arg]
+    """A task that refuses cancellation: a write that has started runs to its end.
+
+    Awaited directly by its caller. Cancelling the caller then asks this
+    task to cancel, which it refuses; asyncio then delivers the
+    cancellation to the caller once this task is done (``Task.cancel``: the
+    awaited future would not cancel, so the cancellation waits for the
+    caller's next step), with the task's outcome at hand. One event-loop
+    iteration less per write than ``asyncio.shield`` (whose outer future
+    is resolved by a callback of its own), and the same guarantee.
+    """
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
+
+
+async def _await(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable
+
+
+def _start(awaitable: Awaitable[_T]) -> asyncio.Task[_T]:
+    """``awaitable`` running in a :class:`_WriteTask`."""
+    coro = awaitable if asyncio.iscoroutine(awaitable) else _await(awaitable)
+    task: asyncio.Task[_T] = _WriteTask(coro, loop=asyncio.get_running_loop())
+    return task
+
+
 async def shielded(
     operation: Callable[[], Awaitable[_T]],
     undo: Callable[[Any], Awaitable[None]] | None = None,
 ) -> _T:
     """Run a write so that cancelling the caller cannot leave it half done.
 
-    The write runs in its own task. If the caller is cancelled, the write
-    still runs to its end; then ``undo`` reverses a result the caller will
-    never see (a popped item goes back), and the cancellation goes on.
+    The write runs in its own task, which refuses cancellation. If the
+    caller is cancelled, the write still runs to its end; then ``undo``
+    reverses a result the caller will never see (a popped item goes back),
+    and the cancellation goes on.
 
     If that outcome cannot be delivered as a cancellation without losing
     something, an error carrying it is raised instead: the write's own
     :class:`WriteOutcomeUnknownError`, or :class:`PutBackFailedError` when
     the undo failed (both hold the popped item in ``result``).
     """
-    task = asyncio.ensure_future(operation())
+    task = _start(operation())
     try:
-        return await asyncio.shield(task)
+        return await task
     except asyncio.CancelledError as cancelled:
+        if not task.done():
+            # Not the write's own cancellation: the caller's, arrived while
+            # the task was being awaited for the first time. Wait it out.
+            await outlast_cancellation(task)
+        if task.cancelled():
+            raise
         try:
-            result = await finish(task)
+            result = task.result()
         except WriteOutcomeUnknownError:
             raise
         except Exception:
             raise asyncio.CancelledError() from None
         if undo is not None and result is not None:
             try:
-                await finish(asyncio.ensure_future(undo(result)))
+                await finish(_start(undo(result)))
             except Exception as exc:
                 raise PutBackFailedError(
                     "pop_item was cancelled after it removed its item, and putting the item "
