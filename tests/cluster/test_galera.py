@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import lattice.migrations
 from lattice import SQLAlchemySession
 from lattice.engines import check_ready, make_engine
-from lattice.schema import LatticeTables, journal_table_name
+from lattice.schema import LatticeTables, journal_table_name, lattice_tables
 from lattice.sqlalchemy_session import bind
 from lattice.writes import token_committed
 
@@ -41,6 +41,9 @@ DEFAULT_TABLES = (
 
 async def drop_default_tables(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
+        # Every Lattice table (the advanced ones refer to agent_sessions), in
+        # the schema's dependency order, then the rest by name.
+        await conn.run_sync(lattice_tables().metadata.drop_all)
         for name in DEFAULT_TABLES:
             await conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
 
